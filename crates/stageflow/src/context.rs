@@ -250,24 +250,21 @@ impl StageContext {
     /// Deterministic by construction: if several dependencies have `key`, this is an
     /// [`InputError::Ambiguous`] naming them, never "whichever finished first".
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<T, InputError> {
-        let mut found = None;
-        let mut sources = Vec::new();
-        for (name, output) in self.inputs() {
-            if output.data().contains_key(key) {
-                if found.is_none() {
-                    found = Some((name, output));
-                }
-                sources.push(name.to_owned());
-            }
-        }
-        match (found, sources.len()) {
-            (Some((name, output)), 1) => output
+        let mut holders = self
+            .inputs()
+            .filter(|(_, output)| output.data().contains_key(key));
+        match (holders.next(), holders.next()) {
+            (Some((name, output)), None) => output
                 .get(key)
                 .map_err(|source| self.data_error(name, source)),
-            (Some(_), _) => Err(InputError::Ambiguous {
+            (Some(_), Some(_)) => Err(InputError::Ambiguous {
                 stage: self.stage_name().to_owned(),
                 key: key.to_owned(),
-                sources,
+                sources: self
+                    .inputs()
+                    .filter(|(_, output)| output.data().contains_key(key))
+                    .map(|(name, _)| name.to_owned())
+                    .collect(),
             }),
             (None, _) => Err(InputError::NotFound {
                 stage: self.stage_name().to_owned(),
