@@ -156,17 +156,11 @@ pub struct StageContext {
     run: Arc<RunShared>,
     stage: u32,
     inputs: InputOutputs,
-    started: Instant,
 }
 
 impl StageContext {
     pub(crate) fn new(run: Arc<RunShared>, stage: u32, inputs: InputOutputs) -> Self {
-        StageContext {
-            run,
-            stage,
-            inputs,
-            started: Instant::now(),
-        }
+        StageContext { run, stage, inputs }
     }
 
     /// This stage's name.
@@ -299,11 +293,6 @@ impl StageContext {
     /// The run's clock.
     pub fn timer(&self) -> &RunTimer {
         &self.run.timer
-    }
-
-    /// Time since this stage started.
-    pub fn stage_elapsed(&self) -> Duration {
-        self.started.elapsed()
     }
 }
 

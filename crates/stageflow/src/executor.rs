@@ -5,11 +5,12 @@
 //! counter reaches zero is ready and starts at once. Nothing scans the whole graph per stage, and
 //! nothing recurses, so per-stage cost is flat from ten stages to ten million.
 //!
-//! **How a ready stage is started.** When it is the only ready stage, the driver polls its future
-//! once, inline. A stage that completes on that first poll (most CPU-light stages do) costs no task
+//! **How a ready stage is started.** Ready stages are spawned as tokio tasks, except the last one
+//! the driver can start at that moment (the only one, in a chain), whose future it polls once,
+//! inline. A stage that completes on that first poll (most CPU-light stages do) costs no task
 //! spawn and no cross-thread wake-up, which is what keeps a long chain near the cost of a plain
-//! loop. A stage that is still pending after that poll, or any stage when several are ready at once,
-//! runs as its own tokio task, so independent stages run in parallel on the multi-threaded runtime.
+//! loop. A stage that is still pending after that poll becomes a task too, so independent stages
+//! run in parallel on the multi-threaded runtime.
 //! Moving a polled future into a task is sound because stage futures are boxed (pinned on the heap).
 //!
 //! **Stopping.** A failure (error, `fail`/`retry` output, panic, or failing condition) or a cancel
@@ -122,11 +123,14 @@ impl Graph {
     /// assert_eq!(report.results().get_data::<String>("greet", "text").unwrap(), "hello, world");
     /// # }
     /// ```
+    #[allow(clippy::result_large_err)]
     pub async fn run(&self, input: impl Into<Value>) -> Result<RunReport, RunFailure> {
         self.run_with(input, RunOptions::default()).await
     }
 
     /// Runs the pipeline with `input` and `options`.
+    // A run's result is produced once per run; boxing the failure would buy nothing.
+    #[allow(clippy::result_large_err)]
     pub async fn run_with(
         &self,
         input: impl Into<Value>,
@@ -188,6 +192,9 @@ impl Run {
         let mut inline_streak = 0u32;
         let cancel = self.shared.cancel.clone();
         let mut cancelled = pin!(cancel.cancelled());
+        if cancel.is_cancelled() {
+            self.stop_by_caller(); // cancelled before it started: run nothing
+        }
 
         loop {
             // Start whatever is ready, up to the concurrency cap.
@@ -195,16 +202,12 @@ impl Run {
                 let Some(idx) = self.ready.pop_front() else {
                     break;
                 };
-                if self.shared.cancel.is_cancelled() {
-                    self.ready.push_front(idx);
-                    self.stop_by_caller();
-                    break;
-                }
                 let Some(mut fut) = self.start(idx) else {
                     continue; // skipped or failed before running
                 };
-                if self.ready.is_empty() && running == 0 {
-                    // Sole ready stage: poll inline; spawn only if it has to wait.
+                if self.ready.is_empty() || running + 1 >= max_concurrency {
+                    // The last stage we can start now: poll it inline and spawn it only if it
+                    // has to wait. Its siblings (if any) are already running as tasks.
                     let polled =
                         std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await;
                     match polled {
@@ -212,8 +215,14 @@ impl Run {
                             self.complete(idx, result.into());
                             inline_streak += 1;
                             if inline_streak == INLINE_YIELD_EVERY {
+                                // Let other tasks in, and notice a caller's cancel: checking
+                                // here rather than per stage keeps the chain's hot path free
+                                // of the token's lock.
                                 inline_streak = 0;
                                 tokio::task::yield_now().await;
+                                if self.shared.cancel.is_cancelled() {
+                                    self.stop_by_caller();
+                                }
                             }
                             continue;
                         }
@@ -234,8 +243,10 @@ impl Run {
                 break;
             }
 
+            // The caller's cancel goes first so a busy wide run cannot starve it.
             tokio::select! {
                 biased;
+                () = &mut cancelled, if self.stop.is_none() => self.stop_by_caller(),
                 joined = tasks.join_next() => {
                     running -= 1;
                     match joined {
@@ -244,7 +255,6 @@ impl Run {
                         None => running = 0,
                     }
                 }
-                () = &mut cancelled, if self.stop.is_none() => self.stop_by_caller(),
             }
         }
 
@@ -298,7 +308,9 @@ impl Run {
         let node = &graph.nodes[idx as usize];
         let ctx = StageContext::new(self.shared.clone(), idx, inputs);
         if let Some(condition) = &node.condition {
-            let verdict = catch_unwind(AssertUnwindSafe(|| condition(&ConditionInputs { ctx: &ctx })));
+            let verdict = catch_unwind(AssertUnwindSafe(|| {
+                condition(&ConditionInputs { ctx: &ctx })
+            }));
             let verdict = match verdict {
                 Ok(Ok(true)) => None,
                 Ok(Ok(false)) => Some(Finished::Returned(Ok(StageOutput::skip(CONDITION_NOT_MET)))),
@@ -416,7 +428,9 @@ impl Run {
         }
     }
 
+    #[allow(clippy::result_large_err)]
     fn finish(self) -> Result<RunReport, RunFailure> {
+        let keep_all = self.retention == Retention::All;
         let Run {
             graph,
             shared,
@@ -425,9 +439,12 @@ impl Run {
             stop,
             ..
         } = self;
+        // Under `Retention::Sinks` a stopped run may still hold outputs its unstarted dependents
+        // were waiting for; the policy promises sinks only, so those are dropped here.
         let entries = state
             .into_iter()
             .enumerate()
+            .filter(|&(i, _)| keep_all || graph.dependents(i as u32).is_empty())
             .filter_map(|(i, s)| s.output.map(|o| (i as u32, o)))
             .collect();
         let results = Results {

@@ -53,10 +53,7 @@ impl NameTable {
         self.arena.push_str(name);
         self.ends.push(self.arena.len());
         let hash = self.hasher.hash_one(name);
-        if let Some(&existing) = self
-            .table
-            .find(hash, |&i| self.get_name(i) == name)
-        {
+        if let Some(&existing) = self.table.find(hash, |&i| self.get_name(i) == name) {
             return Err(existing);
         }
         let (arena, ends, hasher) = (&self.arena, &self.ends, &self.hasher);
@@ -220,7 +217,13 @@ impl Graph {
     /// Names of the stages `name` depends on (definition order).
     pub fn dependencies_of(&self, name: &str) -> Option<Vec<&str>> {
         let idx = self.inner.index_of(name)?;
-        Some(self.inner.deps(idx).iter().map(|&d| self.inner.name(d)).collect())
+        Some(
+            self.inner
+                .deps(idx)
+                .iter()
+                .map(|&d| self.inner.name(d))
+                .collect(),
+        )
     }
 
     /// Names of the stages that depend on `name` (definition order).
@@ -272,7 +275,8 @@ impl Graph {
         specs: Vec<StageSpec>,
         mut errors: Vec<ValidationError>,
     ) -> Result<Graph, BuildError> {
-        let fail = |errors: Vec<ValidationError>, name: String| {
+        let fail = |mut errors: Vec<ValidationError>, name: String| {
+            errors.truncate(BuildError::MAX_ERRORS);
             Err(BuildError {
                 pipeline: name,
                 errors,
@@ -294,7 +298,11 @@ impl Graph {
             errors.push(ValidationError::new(
                 ErrorCode::InvalidName,
                 None,
-                format!("{} stages is more than the supported {}", specs.len(), u32::MAX - 1),
+                format!(
+                    "{} stages is more than the supported {}",
+                    specs.len(),
+                    u32::MAX - 1
+                ),
             ));
             return fail(errors, name);
         }
@@ -438,7 +446,9 @@ impl Graph {
 /// Kahn's algorithm: a topological order of the nodes it can order (all of them iff acyclic).
 fn kahn(deps: &Csr, dependents: &Csr, n: usize) -> Vec<u32> {
     let mut pending: Vec<u32> = (0..n as u32).map(|i| deps.row(i).len() as u32).collect();
-    let mut order: Vec<u32> = (0..n as u32).filter(|&i| pending[i as usize] == 0).collect();
+    let mut order: Vec<u32> = (0..n as u32)
+        .filter(|&i| pending[i as usize] == 0)
+        .collect();
     let mut head = 0;
     while head < order.len() {
         let i = order[head];

@@ -55,7 +55,9 @@ pub mod stage;
 
 pub use async_trait::async_trait;
 pub use context::{ConditionInputs, RunIdentity, RunTimer, StageContext};
-pub use error::{BoxError, BuildError, DataError, ErrorCode, InputError, StageError, ValidationError};
+pub use error::{
+    BoxError, BuildError, DataError, ErrorCode, InputError, StageError, ValidationError,
+};
 pub use graph::Graph;
 pub use output::{OutputData, StageOutput, StageStatus};
 pub use pipeline::{IntoConditionResult, IntoDeps, Pipeline, StageSpec, ROUTE_KEY};

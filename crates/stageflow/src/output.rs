@@ -106,7 +106,11 @@ impl OutputData {
         let key = key.into();
         match self.entries.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
-            None => self.entries.push((key, value)),
+            None => {
+                // Most outputs hold one or two keys: grow one slot at a time, not by four.
+                self.entries.reserve_exact(1);
+                self.entries.push((key, value));
+            }
         }
     }
 
@@ -117,12 +121,10 @@ impl OutputData {
 
     /// The value under `key`, deserialized as `T`.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<T, DataError> {
-        let value = self
-            .get_value(key)
-            .ok_or_else(|| DataError::MissingKey {
-                key: key.to_owned(),
-                available: self.keys().map(str::to_owned).collect(),
-            })?;
+        let value = self.get_value(key).ok_or_else(|| DataError::MissingKey {
+            key: key.to_owned(),
+            available: self.keys().map(str::to_owned).collect(),
+        })?;
         T::deserialize(value).map_err(|source| DataError::WrongType {
             key: key.to_owned(),
             expected: std::any::type_name::<T>(),
@@ -215,10 +217,7 @@ impl StageOutput {
 
     /// A successful output carrying `data`.
     pub fn ok_with(data: OutputData) -> Self {
-        StageOutput {
-            data,
-            ..Self::ok()
-        }
+        StageOutput { data, ..Self::ok() }
     }
 
     /// The stage chose not to act, for `reason`.

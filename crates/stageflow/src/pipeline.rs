@@ -164,7 +164,9 @@ impl StageSpec {
         F: Fn(&ConditionInputs<'_>) -> R + Send + Sync + 'static,
         R: IntoConditionResult,
     {
-        self.condition = Some(Arc::new(move |inputs| condition(inputs).into_condition_result()));
+        self.condition = Some(Arc::new(move |inputs| {
+            condition(inputs).into_condition_result()
+        }));
         self
     }
 
@@ -277,6 +279,8 @@ impl Pipeline {
     }
 
     /// Adds a fully specified stage.
+    // `add` reads as the builder verb it is; this is not arithmetic.
+    #[allow(clippy::should_implement_trait)]
     pub fn add(mut self, spec: impl Into<StageSpec>) -> Self {
         self.specs.push(spec.into());
         self
@@ -297,6 +301,7 @@ impl Pipeline {
     fn modify_last(mut self, what: &str, f: impl FnOnce(&mut StageSpec)) -> Self {
         match self.specs.last_mut() {
             Some(spec) => f(spec),
+            None if self.errors.len() >= BuildError::MAX_ERRORS => {}
             None => self.errors.push(ValidationError::new(
                 ErrorCode::NoCurrentStage,
                 None,
@@ -485,14 +490,16 @@ impl Pipeline {
         for (route, spec) in branches {
             let route: String = route.into();
             let router_name = router_name.clone();
-            let spec = spec
-                .into()
-                .after(router_name.to_string())
-                .when(move |inputs| {
-                    inputs
-                        .get_from::<String>(&router_name, ROUTE_KEY)
-                        .map(|chosen| chosen == route)
-                });
+            let mut spec = spec.into().after(router_name.to_string());
+            // The route must match, and then the branch's own condition (if any) must hold.
+            let own = spec.condition.take();
+            let spec = spec.when(move |inputs| {
+                let chosen: String = inputs.get_from(&router_name, ROUTE_KEY)?;
+                match &own {
+                    Some(own) if chosen == route => own(inputs),
+                    _ => Ok(chosen == route),
+                }
+            });
             merge.deps.push(spec.name.clone());
             self.specs.push(spec);
         }
@@ -515,6 +522,7 @@ impl Pipeline {
         for spec in other.specs {
             match index.get(spec.name.as_str()) {
                 Some(&i) if self.specs[i].same_definition(&spec) => {}
+                Some(_) if self.errors.len() + errors.len() >= BuildError::MAX_ERRORS => {}
                 Some(_) => errors.push(ValidationError::new(
                     ErrorCode::ComposeConflict,
                     Some(&spec.name),
@@ -530,6 +538,7 @@ impl Pipeline {
         self.specs.extend(added);
         self.errors.extend(errors);
         self.errors.extend(other.errors);
+        self.errors.truncate(BuildError::MAX_ERRORS);
         self.name = format!("{}+{}", self.name, other.name);
         self
     }

@@ -73,9 +73,10 @@ impl RunOptions {
         self
     }
 
-    /// Cancels the run when `token` is cancelled. Running stages see it through
-    /// [`StageContext::cancelled`](crate::StageContext::cancelled) and are then dropped; the run
-    /// returns with [`RunStatus::Cancelled`] and the partial results.
+    /// Cancels the run when `token` is cancelled: no new stage starts, the run's own token fires
+    /// (stages waiting on [`StageContext::cancelled`](crate::StageContext::cancelled) wake up),
+    /// and running stages are dropped at their next await point. The run returns with
+    /// [`RunStatus::Cancelled`] and the partial results.
     pub fn cancel_token(mut self, token: CancellationToken) -> Self {
         self.cancel = Some(token);
         self
