@@ -17,6 +17,8 @@ use uuid::Uuid;
 
 use crate::error::{DataError, InputError};
 use crate::graph::GraphInner;
+use crate::observe::runtime::ObsShared;
+use crate::observe::EventKind;
 use crate::output::StageOutput;
 use crate::stage::StageKind;
 
@@ -128,6 +130,8 @@ pub(crate) struct RunShared {
     pub(crate) input: Value,
     pub(crate) cancel: CancellationToken,
     pub(crate) timer: RunTimer,
+    /// The run's observability state, when anything is observed.
+    pub(crate) observe: Option<Arc<ObsShared>>,
 }
 
 /// The outputs of a stage's declared dependencies, in the graph's dependency order.
@@ -293,6 +297,45 @@ impl StageContext {
     /// The run's clock.
     pub fn timer(&self) -> &RunTimer {
         &self.run.timer
+    }
+
+    /// Emits a custom event right away to the run's event sink (see
+    /// [`RunOptions::events`](crate::RunOptions::events)), with the run id and this stage's name
+    /// and kind filled in. Returns `false` when the run has no sink or the sink refused the event
+    /// (then counted as dropped). Never blocks.
+    ///
+    /// To attach an event to the stage's result instead (forwarded when the stage finishes, and
+    /// kept in the output), use [`StageOutput::event`].
+    ///
+    /// ```
+    /// use stageflow::{observe::MemorySink, Pipeline, RunOptions, StageContext, StageOutput};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let graph = Pipeline::builder("p")
+    ///     .stage("a", |ctx: StageContext| async move {
+    ///         ctx.emit_event("progress.note", serde_json::json!({"pct": 50}));
+    ///         StageOutput::ok()
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let sink = MemorySink::new();
+    /// graph.run_with((), RunOptions::new().events(sink.clone())).await.unwrap();
+    /// assert!(sink.event_types().contains(&"progress.note".to_owned()));
+    /// # }
+    /// ```
+    pub fn emit_event(&self, event_type: impl Into<String>, data: impl Serialize) -> bool {
+        let Some(obs) = &self.run.observe else {
+            return false;
+        };
+        if obs.sink.is_none() {
+            return false;
+        }
+        let data = serde_json::to_value(data)
+            .unwrap_or_else(|e| Value::String(format!("unserializable event data: {e}")));
+        let event = obs
+            .event(EventKind::Custom(event_type.into().into()))
+            .with_stage(self.stage_name(), self.kind())
+            .with_data(data);
+        obs.emit_external(event)
     }
 }
 

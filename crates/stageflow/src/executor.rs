@@ -30,9 +30,11 @@ use futures_util::FutureExt;
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::context::{ConditionInputs, InputOutputs, RunShared, RunTimer, StageContext};
 use crate::graph::{Graph, GraphInner};
+use crate::observe::runtime::{ObsShared, Observer, Outcome};
 use crate::output::{StageOutput, StageStatus};
 use crate::results::{
     FailureCause, Results, Retention, RunFailure, RunOptions, RunReport, RunStats, RunStatus,
@@ -59,6 +61,16 @@ impl From<Result<StageResult, Box<dyn Any + Send>>> for Finished {
         match r {
             Ok(result) => Finished::Returned(result),
             Err(payload) => Finished::Panicked(panic_message(payload.as_ref())),
+        }
+    }
+}
+
+impl Finished {
+    fn outcome(&self) -> Outcome<'_> {
+        match self {
+            Finished::Returned(Ok(output)) => Outcome::Output(output),
+            Finished::Returned(Err(err)) => Outcome::Error(err),
+            Finished::Panicked(message) => Outcome::Panic(message),
         }
     }
 }
@@ -100,6 +112,13 @@ struct Run {
     retention: Retention,
     stats: RunStats,
     stop: Option<Stop>,
+    /// Observability; `None` when the run observes nothing (then it costs one branch per stage
+    /// start and one per stage end).
+    obs: Option<Box<Observer>>,
+    /// Where to publish the counts for progress and the watchdog, when either is on. Done at the
+    /// points where the driver yields or waits (every few hundred inline stages, before each
+    /// wait for a task), never per stage.
+    publish: Option<Arc<ObsShared>>,
 }
 
 impl Graph {
@@ -141,17 +160,44 @@ impl Graph {
             Some(parent) => parent.child_token(),
             None => CancellationToken::new(),
         };
+        let identity = options.identity.clone().unwrap_or_default();
+        let timer = RunTimer::start();
+        let obs = Observer::new(options.observe.as_deref(), &graph, &identity, timer);
         let shared = Arc::new(RunShared {
             graph: graph.clone(),
-            identity: options.identity.clone().unwrap_or_default(),
+            identity,
             input: input.into(),
             cancel,
-            timer: RunTimer::start(),
+            timer,
+            observe: obs.as_ref().map(|o| o.shared()),
         });
         let mut run = Run::new(graph, shared, options.retention);
-        run.drive(options.max_concurrency.unwrap_or(usize::MAX))
-            .await;
-        run.finish()
+        let max_concurrency = options.max_concurrency.unwrap_or(usize::MAX);
+        let Some(mut obs) = obs else {
+            run.drive(max_concurrency).await;
+            return run.finish();
+        };
+        obs.run_started();
+        let span = obs.run_span();
+        run.publish = obs.publishes_counts().then(|| obs.shared());
+        // Observers that need nothing per stage (progress, memory sampling) stay off the
+        // per-stage path entirely.
+        let mut run_level = None;
+        if obs.per_stage() {
+            run.obs = Some(obs);
+        } else {
+            run_level = Some(obs);
+        }
+        match span {
+            Some(span) => run.drive(max_concurrency).instrument(span).await,
+            None => run.drive(max_concurrency).await,
+        }
+        let obs = run.obs.take().or(run_level);
+        let mut result = run.finish();
+        if let Some(obs) = obs {
+            obs.finish(&mut result).await;
+        }
+        result
     }
 }
 
@@ -183,6 +229,8 @@ impl Run {
             ready,
             retention,
             stop: None,
+            obs: None,
+            publish: None,
         }
     }
 
@@ -219,6 +267,9 @@ impl Run {
                                 // here rather than per stage keeps the chain's hot path free
                                 // of the token's lock.
                                 inline_streak = 0;
+                                if let Some(counts) = &self.publish {
+                                    counts.publish(&self.stats);
+                                }
                                 tokio::task::yield_now().await;
                                 if self.shared.cancel.is_cancelled() {
                                     self.stop_by_caller();
@@ -243,6 +294,9 @@ impl Run {
                 break;
             }
 
+            if let Some(counts) = &self.publish {
+                counts.publish(&self.stats);
+            }
             // The caller's cancel goes first so a busy wide run cannot starve it.
             tokio::select! {
                 biased;
@@ -268,6 +322,9 @@ impl Run {
                 match joined {
                     // Finished before the abort landed: keep its output, start nothing after it.
                     Ok((idx, Finished::Returned(Ok(out)))) if !out.status().is_failure() => {
+                        if let Some(obs) = self.obs.as_deref_mut() {
+                            obs.stage_done(idx, Outcome::Output(&out));
+                        }
                         self.count_output(&out);
                         self.state[idx as usize].output = Some(Arc::new(out));
                     }
@@ -315,12 +372,11 @@ impl Run {
                 Ok(Ok(true)) => None,
                 Ok(Ok(false)) => Some(Finished::Returned(Ok(StageOutput::skip(CONDITION_NOT_MET)))),
                 Ok(Err(err)) => {
-                    self.fail(
-                        idx,
-                        FailureCause::Condition {
-                            message: err.to_string(),
-                        },
-                    );
+                    let message = err.to_string();
+                    if let Some(obs) = self.obs.as_deref_mut() {
+                        obs.stage_done(idx, Outcome::Condition(&message));
+                    }
+                    self.fail(idx, FailureCause::Condition { message });
                     return None;
                 }
                 Err(payload) => Some(Finished::Panicked(format!(
@@ -336,7 +392,11 @@ impl Run {
         let stage = node.stage.clone();
         // Creating the future runs user code (closure stages run up to their first await), so it
         // is inside the panic guard too.
-        let fut = catch_unwind(AssertUnwindSafe(move || stage.execute_shared(ctx)));
+        let fut = match self.obs.as_deref_mut() {
+            None => catch_unwind(AssertUnwindSafe(move || stage.execute_shared(ctx))),
+            // Started event, span (the future is created and polled inside it), allocations.
+            Some(obs) => obs.start_stage(idx, move || stage.execute_shared(ctx)),
+        };
         match fut {
             Ok(fut) => Some(AssertUnwindSafe(fut).catch_unwind()),
             Err(payload) => {
@@ -348,6 +408,9 @@ impl Run {
 
     /// Records a finished stage and releases its dependents, or stops the run.
     fn complete(&mut self, idx: u32, finished: Finished) {
+        if let Some(obs) = self.obs.as_deref_mut() {
+            obs.stage_done(idx, finished.outcome());
+        }
         let output = match finished {
             Finished::Returned(Ok(output)) => output,
             Finished::Returned(Err(err)) => {
@@ -460,6 +523,7 @@ impl Run {
                 results,
                 stats,
                 duration,
+                observability: None,
             }),
             Some(Stop::Cancelled { stage, reason }) => Ok(RunReport {
                 identity,
@@ -470,6 +534,7 @@ impl Run {
                 results,
                 stats,
                 duration,
+                observability: None,
             }),
             Some(Stop::Failed { stage, cause }) => Err(RunFailure {
                 identity,
@@ -478,6 +543,7 @@ impl Run {
                 partial: results,
                 stats,
                 duration,
+                observability: None,
             }),
         }
     }

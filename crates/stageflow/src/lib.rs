@@ -12,7 +12,9 @@
 //! - [`graph`]: the validated, immutable [`Graph`];
 //! - [`executor`]: the run loop ([`Graph::run`]);
 //! - [`results`]: [`RunReport`], [`RunFailure`], [`Results`], [`RunOptions`];
-//! - [`error`]: build-time and stage errors.
+//! - [`error`]: build-time and stage errors;
+//! - [`observe`]: lifecycle events and sinks, tracing spans, progress, memory, stall watchdog,
+//!   run summary and wide events.
 //!
 //! ```
 //! use stageflow::{Pipeline, StageContext, StageOutput, StageSpec};
@@ -48,6 +50,7 @@ pub mod context;
 pub mod error;
 pub mod executor;
 pub mod graph;
+pub mod observe;
 pub mod output;
 pub mod pipeline;
 pub mod results;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::DataError;
+use crate::observe::{Artifact, CustomEvent};
 
 /// The outcome class of a stage, with the engine's semantics:
 ///
@@ -107,8 +108,11 @@ impl OutputData {
         match self.entries.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
             None => {
-                // Most outputs hold one or two keys: grow one slot at a time, not by four.
-                self.entries.reserve_exact(1);
+                // Most outputs hold one or two keys: grow one slot at a time while small, not
+                // by four; larger maps grow geometrically as usual.
+                if self.entries.len() < 4 {
+                    self.entries.reserve_exact(1);
+                }
                 self.entries.push((key, value));
             }
         }
@@ -172,10 +176,32 @@ impl Serialize for OutputData {
 
 impl<'de> Deserialize<'de> for OutputData {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let map = serde_json::Map::<String, Value>::deserialize(deserializer)?;
-        Ok(OutputData {
-            entries: map.into_iter().map(|(k, v)| (Cow::Owned(k), v)).collect(),
-        })
+        /// Reads the map entry by entry so that key order survives a round trip (a
+        /// `serde_json::Map` would sort the keys).
+        struct OrderedVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for OrderedVisitor {
+            type Value = OutputData;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of output values")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<OutputData, A::Error> {
+                let mut data = OutputData {
+                    entries: Vec::with_capacity(access.size_hint().unwrap_or(0).min(64)),
+                };
+                while let Some((key, value)) = access.next_entry::<String, Value>()? {
+                    data.insert_value(key, value);
+                }
+                Ok(data)
+            }
+        }
+
+        deserializer.deserialize_map(OrderedVisitor)
     }
 }
 
@@ -192,13 +218,81 @@ impl<'de> Deserialize<'de> for OutputData {
 /// let skipped = StageOutput::skip("nothing changed");
 /// assert_eq!(skipped.message(), Some("nothing changed"));
 /// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// A stage may also attach custom events and artifacts ([`event`](Self::event),
+/// [`artifact`](Self::artifact)); the engine forwards them to the run's event sink when the stage
+/// finishes (see [`observe`](crate::observe)). They cost one pointer when unused.
+#[derive(Clone, Debug, PartialEq)]
 pub struct StageOutput {
     status: StageStatus,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     message: Option<String>,
-    #[serde(default, skip_serializing_if = "OutputData::is_empty")]
     data: OutputData,
+    extras: Option<Box<Extras>>,
+}
+
+/// The rarely used parts of an output, boxed so that outputs without them stay small.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Extras {
+    events: Vec<CustomEvent>,
+    artifacts: Vec<Artifact>,
+}
+
+/// Serializes as `{"status", "message"?, "data"?, "events"?, "artifacts"?}`; empty parts are left out.
+impl Serialize for StageOutput {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = serializer.serialize_struct("StageOutput", 5)?;
+        st.serialize_field("status", &self.status)?;
+        match &self.message {
+            Some(m) => st.serialize_field("message", m)?,
+            None => st.skip_field("message")?,
+        }
+        if self.data.is_empty() {
+            st.skip_field("data")?;
+        } else {
+            st.serialize_field("data", &self.data)?;
+        }
+        match self.extras.as_deref() {
+            Some(x) if !x.events.is_empty() => st.serialize_field("events", &x.events)?,
+            _ => st.skip_field("events")?,
+        }
+        match self.extras.as_deref() {
+            Some(x) if !x.artifacts.is_empty() => st.serialize_field("artifacts", &x.artifacts)?,
+            _ => st.skip_field("artifacts")?,
+        }
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for StageOutput {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename = "StageOutput")]
+        struct Repr {
+            status: StageStatus,
+            #[serde(default)]
+            message: Option<String>,
+            #[serde(default)]
+            data: OutputData,
+            #[serde(default)]
+            events: Vec<CustomEvent>,
+            #[serde(default)]
+            artifacts: Vec<Artifact>,
+        }
+        let r = Repr::deserialize(deserializer)?;
+        let extras = (!r.events.is_empty() || !r.artifacts.is_empty()).then(|| {
+            Box::new(Extras {
+                events: r.events,
+                artifacts: r.artifacts,
+            })
+        });
+        Ok(StageOutput {
+            status: r.status,
+            message: r.message,
+            data: r.data,
+            extras,
+        })
+    }
 }
 
 impl StageOutput {
@@ -207,6 +301,7 @@ impl StageOutput {
             status,
             message,
             data: OutputData::new(),
+            extras: None,
         }
     }
 
@@ -251,6 +346,69 @@ impl StageOutput {
             self.message = Some(format!("output key `{key}` could not be serialized: {err}"));
         }
         self
+    }
+
+    /// Attaches a custom event, forwarded to the run's event sink (as type `event_type`, with the
+    /// run id and stage name filled in) when the stage finishes, and kept in the output.
+    ///
+    /// If `data` cannot be serialized, the output turns into a [`StageStatus::Fail`], as with
+    /// [`with`](Self::with).
+    ///
+    /// ```
+    /// use stageflow::StageOutput;
+    /// let out = StageOutput::ok().event("cache.hit", serde_json::json!({"key": "users/7"}));
+    /// assert_eq!(out.events()[0].event_type, "cache.hit");
+    /// ```
+    pub fn event(mut self, event_type: impl Into<String>, data: impl Serialize) -> Self {
+        let event_type = event_type.into();
+        match serde_json::to_value(data) {
+            Ok(data) => self
+                .extras_mut()
+                .events
+                .push(CustomEvent { event_type, data }),
+            Err(err) => {
+                self.status = StageStatus::Fail;
+                self.message = Some(format!(
+                    "event `{event_type}` could not be serialized: {err}"
+                ));
+            }
+        }
+        self
+    }
+
+    /// Attaches an artifact (something the stage produced: a file, a report, a URL), forwarded
+    /// to the run's event sink as a `stage.<name>.artifact` event when the stage finishes, and
+    /// kept in the output.
+    ///
+    /// ```
+    /// use stageflow::StageOutput;
+    /// let out = StageOutput::ok().artifact("file", serde_json::json!({"path": "/tmp/report.csv"}));
+    /// assert_eq!(out.artifacts()[0].kind, "file");
+    /// ```
+    pub fn artifact(mut self, kind: impl Into<String>, payload: impl Serialize) -> Self {
+        let kind = kind.into();
+        match serde_json::to_value(payload) {
+            Ok(payload) => self.extras_mut().artifacts.push(Artifact { kind, payload }),
+            Err(err) => {
+                self.status = StageStatus::Fail;
+                self.message = Some(format!("artifact `{kind}` could not be serialized: {err}"));
+            }
+        }
+        self
+    }
+
+    /// The custom events attached with [`event`](Self::event).
+    pub fn events(&self) -> &[CustomEvent] {
+        self.extras.as_deref().map_or(&[], |x| &x.events)
+    }
+
+    /// The artifacts attached with [`artifact`](Self::artifact).
+    pub fn artifacts(&self) -> &[Artifact] {
+        self.extras.as_deref().map_or(&[], |x| &x.artifacts)
+    }
+
+    fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
     }
 
     /// The status.
@@ -316,6 +474,11 @@ mod tests {
         assert_eq!(json, r#"{"status":"ok","data":{"a":2,"b":"x"}}"#);
         let back: StageOutput = serde_json::from_str(&json).unwrap();
         assert_eq!(back, out);
+        // Key order survives, even when it is not sorted.
+        let out = StageOutput::ok().with("z", 1).with("a", 2);
+        let back: StageOutput =
+            serde_json::from_str(&serde_json::to_string(&out).unwrap()).unwrap();
+        assert_eq!(back.data().keys().collect::<Vec<_>>(), ["z", "a"]);
     }
 
     #[test]

@@ -11,6 +11,10 @@ use tokio_util::sync::CancellationToken;
 use crate::context::RunIdentity;
 use crate::error::DataError;
 use crate::graph::GraphInner;
+use crate::observe::{
+    EventSink, ObservabilityReport, ObserveConfig, ProgressObserver, SummaryOptions, Watchdog,
+    WideEvents,
+};
 use crate::output::StageOutput;
 
 /// Which stage outputs a run keeps for its [`Results`].
@@ -42,6 +46,8 @@ pub struct RunOptions {
     pub(crate) max_concurrency: Option<usize>,
     pub(crate) retention: Retention,
     pub(crate) cancel: Option<CancellationToken>,
+    /// Observability settings; `None` (one null pointer) when nothing is observed.
+    pub(crate) observe: Option<Box<ObserveConfig>>,
 }
 
 impl RunOptions {
@@ -79,6 +85,85 @@ impl RunOptions {
     /// [`RunStatus::Cancelled`] and the partial results.
     pub fn cancel_token(mut self, token: CancellationToken) -> Self {
         self.cancel = Some(token);
+        self
+    }
+
+    fn observe_mut(&mut self) -> &mut ObserveConfig {
+        self.observe.get_or_insert_with(Box::default)
+    }
+
+    /// Sends the run's lifecycle events (and the custom events and artifacts of stage outputs)
+    /// to `sink`. See [`observe`](crate::observe) for the event taxonomy and the built-in sinks.
+    ///
+    /// The executor offers events with the non-blocking [`EventSink::try_emit`]; refused events
+    /// are counted ([`ObservabilityReport::events_dropped`]) and logged. It awaits
+    /// [`EventSink::flush`] before the run returns.
+    ///
+    /// ```
+    /// use stageflow::{observe::MemorySink, RunOptions};
+    /// let sink = MemorySink::new();
+    /// let opts = RunOptions::new().events(sink.clone());
+    /// # let _ = opts;
+    /// ```
+    pub fn events(self, sink: impl EventSink) -> Self {
+        self.event_sink(Arc::new(sink))
+    }
+
+    /// Like [`events`](Self::events), with an already shared sink.
+    pub fn event_sink(mut self, sink: Arc<dyn EventSink>) -> Self {
+        self.observe_mut().sink = Some(sink);
+        self
+    }
+
+    /// Tracing spans: with `true` (the default) the run creates a `stageflow.run` span and a
+    /// `stageflow.stage` child span per stage whenever a `tracing` subscriber is interested in
+    /// them (target `stageflow`, level `INFO`), and none otherwise; with `false`, never.
+    ///
+    /// ```
+    /// let quiet = stageflow::RunOptions::new().tracing(false);
+    /// # let _ = quiet;
+    /// ```
+    pub fn tracing(mut self, on: bool) -> Self {
+        self.observe_mut().tracing = Some(on);
+        self
+    }
+
+    /// Reports progress to `observer` (throttled; see [`ProgressObserver`]).
+    pub fn progress(mut self, observer: ProgressObserver) -> Self {
+        self.observe_mut().progress = Some(observer);
+        self
+    }
+
+    /// Watches for stalls (no stage finishing for a while); see [`Watchdog`].
+    pub fn watchdog(mut self, watchdog: Watchdog) -> Self {
+        self.observe_mut().watchdog = Some(watchdog);
+        self
+    }
+
+    /// Samples resident memory during the run and, when an allocation counter is registered
+    /// ([`set_allocation_counter`](crate::observe::memory::set_allocation_counter)), counts bytes
+    /// allocated per stage. Reported in [`ObservabilityReport::memory`] and in the events.
+    pub fn memory(mut self, on: bool) -> Self {
+        self.observe_mut().memory = on;
+        self
+    }
+
+    /// Computes an end-of-run summary (slowest stages, duration percentiles, critical path),
+    /// reported in [`ObservabilityReport::summary`]. Records one duration per stage.
+    ///
+    /// ```
+    /// use stageflow::{observe::SummaryOptions, RunOptions};
+    /// let opts = RunOptions::new().summary(SummaryOptions::default());
+    /// # let _ = opts;
+    /// ```
+    pub fn summary(mut self, options: SummaryOptions) -> Self {
+        self.observe_mut().summary = Some(options);
+        self
+    }
+
+    /// Emits wide events (`stage.wide`, `pipeline.wide`) through the event sink.
+    pub fn wide_events(mut self, wide: WideEvents) -> Self {
+        self.observe_mut().wide = wide;
         self
     }
 }
@@ -208,6 +293,7 @@ pub struct RunReport {
     pub(crate) results: Results,
     pub(crate) stats: RunStats,
     pub(crate) duration: Duration,
+    pub(crate) observability: Option<Box<ObservabilityReport>>,
 }
 
 impl RunReport {
@@ -244,6 +330,12 @@ impl RunReport {
     /// Wall time of the run.
     pub fn duration(&self) -> Duration {
         self.duration
+    }
+
+    /// What the run observed about itself (events emitted and dropped, stalls, memory, summary,
+    /// final progress), when any observability was configured in [`RunOptions`].
+    pub fn observability(&self) -> Option<&ObservabilityReport> {
+        self.observability.as_deref()
     }
 }
 
@@ -313,6 +405,7 @@ pub struct RunFailure {
     pub(crate) partial: Results,
     pub(crate) stats: RunStats,
     pub(crate) duration: Duration,
+    pub(crate) observability: Option<Box<ObservabilityReport>>,
 }
 
 impl RunFailure {
@@ -345,6 +438,12 @@ impl RunFailure {
     /// Wall time until the failure was surfaced.
     pub fn duration(&self) -> Duration {
         self.duration
+    }
+
+    /// What the run observed about itself, when any observability was configured in
+    /// [`RunOptions`]; see [`RunReport::observability`].
+    pub fn observability(&self) -> Option<&ObservabilityReport> {
+        self.observability.as_deref()
     }
 }
 

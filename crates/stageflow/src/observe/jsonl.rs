@@ -1,0 +1,531 @@
+//! [`JsonlSink`]: events as JSON Lines, written by a background thread.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+
+use super::event::{Encoder, Event};
+use super::sink::EventSink;
+
+/// What [`JsonlSink::try_emit`](EventSink::try_emit) does when the buffer is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Refuse the event; the run counts it as dropped and reports it (the default: a slow disk
+    /// never slows the pipeline).
+    #[default]
+    Drop,
+    /// Wait (blocking the calling thread) until the writer makes room: nothing is ever dropped,
+    /// and the pipeline runs at the writer's pace when the writer is the bottleneck. The writer
+    /// is a dedicated OS thread, so this cannot deadlock the runtime.
+    Block,
+}
+
+/// Writes events as JSON Lines (one [`Event::to_json_line`] object per line) to a file or any
+/// writer.
+///
+/// Events are queued in a bounded in-memory buffer and written by a dedicated thread through a
+/// large buffered writer, so the executor only pays for a short lock and a push per event. The
+/// writer wakes once 512 events (or a quarter of the capacity) are waiting, or after `linger`
+/// (10 ms by default), so a busy run costs about one wake-up per 512 events. When the buffer is full, events are
+/// dropped and counted ([`WhenFull::Drop`], the default) or the emitter waits
+/// ([`WhenFull::Block`]). [`flush`](EventSink::flush), which the executor awaits at the end of
+/// every run, writes out everything accepted so far and fsyncs the file (unless
+/// [`fsync(false)`](JsonlSinkBuilder::fsync)). [`close`](Self::close) flushes and stops the
+/// writer thread; dropping the last clone stops it too, without waiting.
+///
+/// Clones share one file and writer.
+///
+/// ```
+/// use stageflow::{observe::JsonlSink, Pipeline, RunOptions, StageContext, StageOutput};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+/// let path = std::env::temp_dir().join(format!("stageflow-doc-{}.jsonl", std::process::id()));
+/// let graph = Pipeline::builder("p")
+///     .stage("a", |_ctx: StageContext| async { StageOutput::ok() })
+///     .build()
+///     .unwrap();
+/// let sink = JsonlSink::create(&path)?;
+/// graph.run_with((), RunOptions::new().events(sink.clone())).await.unwrap();
+/// // The run flushed the file before returning.
+/// let text = std::fs::read_to_string(&path)?;
+/// assert_eq!(text.lines().count(), 5);
+/// let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+/// assert_eq!(last["type"], "pipeline.completed");
+/// sink.close().await?;
+/// # std::fs::remove_file(&path)?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct JsonlSink {
+    handle: Arc<Handle>,
+}
+
+/// Configures a [`JsonlSink`]. Defaults: 65,536 buffered events, [`WhenFull::Drop`], fsync on
+/// flush, truncate the file, 10 ms linger.
+#[derive(Clone, Debug)]
+pub struct JsonlSinkBuilder {
+    capacity: usize,
+    when_full: WhenFull,
+    fsync: bool,
+    append: bool,
+    linger: Duration,
+}
+
+impl Default for JsonlSinkBuilder {
+    fn default() -> Self {
+        JsonlSinkBuilder {
+            capacity: 65_536,
+            when_full: WhenFull::Drop,
+            fsync: true,
+            append: false,
+            linger: Duration::from_millis(10),
+        }
+    }
+}
+
+impl JsonlSinkBuilder {
+    /// At most `events` events wait in memory for the writer (at least 16).
+    pub fn capacity(mut self, events: usize) -> Self {
+        self.capacity = events.max(16);
+        self
+    }
+
+    /// What to do when the buffer is full.
+    pub fn when_full(mut self, policy: WhenFull) -> Self {
+        self.when_full = policy;
+        self
+    }
+
+    /// Whether [`flush`](EventSink::flush) also syncs the file to disk (default `true`).
+    pub fn fsync(mut self, on: bool) -> Self {
+        self.fsync = on;
+        self
+    }
+
+    /// Append to an existing file instead of truncating it.
+    pub fn append(mut self, on: bool) -> Self {
+        self.append = on;
+        self
+    }
+
+    /// Longest time an event waits in the buffer before the writer picks it up (default 10 ms).
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger.max(Duration::from_micros(100));
+        self
+    }
+
+    /// Opens (creates) `path` and starts the writer thread.
+    pub fn create(self, path: impl AsRef<Path>) -> io::Result<JsonlSink> {
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(self.append)
+            .truncate(!self.append)
+            .open(path)?;
+        self.start(Output::File(BufWriter::with_capacity(1 << 16, file)))
+    }
+
+    /// Writes to `writer` instead of a file (fsync does not apply).
+    pub fn to_writer(self, writer: impl Write + Send + 'static) -> io::Result<JsonlSink> {
+        self.start(Output::Writer(Box::new(writer)))
+    }
+
+    fn start(self, output: Output) -> io::Result<JsonlSink> {
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                pending: Vec::with_capacity(self.capacity.min(4096)),
+                flushers: Vec::new(),
+                closing: false,
+                closed: false,
+                wake: Wake::No,
+                blocked: 0,
+                error: None,
+            }),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            room_async: Notify::new(),
+            written: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            capacity: self.capacity,
+            // Small enough that the writer encodes while the run goes on (rather than all at
+            // the final flush), large enough that wake-ups are rare.
+            wake_at: (self.capacity / 4).clamp(1, 512),
+            when_full: self.when_full,
+        });
+        let (done_tx, done_rx) = oneshot::channel();
+        let writer = Writer {
+            inner: inner.clone(),
+            output,
+            fsync: self.fsync,
+            linger: self.linger,
+        };
+        std::thread::Builder::new()
+            .name("stageflow-jsonl".into())
+            .spawn(move || {
+                writer.run();
+                let _ = done_tx.send(());
+            })?;
+        Ok(JsonlSink {
+            handle: Arc::new(Handle {
+                inner,
+                done: Mutex::new(Some(done_rx)),
+            }),
+        })
+    }
+}
+
+/// The user-facing side: when the last clone goes, the writer is told to finish.
+struct Handle {
+    inner: Arc<Inner>,
+    done: Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.inner.lock().closing = true;
+        self.inner.work.notify_one();
+    }
+}
+
+struct Inner {
+    state: Mutex<State>,
+    /// The writer waits here.
+    work: Condvar,
+    /// Blocked emitters ([`WhenFull::Block`]) wait here.
+    room: Condvar,
+    /// Async emitters ([`EventSink::emit`]) wait here.
+    room_async: Notify,
+    written: AtomicU64,
+    dropped: AtomicU64,
+    capacity: usize,
+    wake_at: usize,
+    when_full: WhenFull,
+}
+
+struct State {
+    pending: Vec<Event>,
+    flushers: Vec<oneshot::Sender<io::Result<()>>>,
+    closing: bool,
+    closed: bool,
+    /// When an emitter must wake the writer.
+    wake: Wake,
+    /// Emitters blocked for room.
+    blocked: usize,
+    /// The first write error; later writes are skipped and their events counted as dropped.
+    error: Option<(io::ErrorKind, String)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// The writer is busy (or already woken): nobody needs waking.
+    No,
+    /// The writer sleeps until there is any event.
+    OnAny,
+    /// The writer lingers; wake it early when the buffer reaches `wake_at`.
+    AtThreshold,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Pushes into the buffer if there is room; `Err(event)` if full, `Ok(false)` if closed.
+    #[allow(clippy::result_large_err)] // hands the event back by value, no allocation
+    fn push(&self, event: Event, block: bool) -> Result<bool, Event> {
+        let mut st = self.lock();
+        loop {
+            if st.closed || st.closing {
+                return Ok(false);
+            }
+            if st.pending.len() < self.capacity {
+                break;
+            }
+            if !block {
+                return Err(event);
+            }
+            if st.wake != Wake::No {
+                st.wake = Wake::No;
+                self.work.notify_one();
+            }
+            st.blocked += 1;
+            st = self.room.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st.blocked -= 1;
+        }
+        st.pending.push(event);
+        let wake = match st.wake {
+            Wake::No => false,
+            Wake::OnAny => true,
+            Wake::AtThreshold => st.pending.len() >= self.wake_at,
+        };
+        if wake {
+            st.wake = Wake::No;
+            drop(st);
+            self.work.notify_one();
+        }
+        Ok(true)
+    }
+}
+
+enum Output {
+    File(BufWriter<File>),
+    Writer(Box<dyn Write + Send>),
+}
+
+impl Output {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Output::File(f) => f.write_all(bytes),
+            Output::Writer(w) => w.write_all(bytes),
+        }
+    }
+
+    fn flush(&mut self, fsync: bool) -> io::Result<()> {
+        match self {
+            Output::File(f) => {
+                f.flush()?;
+                if fsync {
+                    f.get_ref().sync_data()?;
+                }
+                Ok(())
+            }
+            Output::Writer(w) => w.flush(),
+        }
+    }
+}
+
+struct Writer {
+    inner: Arc<Inner>,
+    output: Output,
+    fsync: bool,
+    linger: Duration,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let inner = self.inner.clone();
+        let mut batch: Vec<Event> = Vec::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 18);
+        let mut encoder = Encoder::default();
+        loop {
+            let (flushers, closing, failed) = {
+                let mut st = inner.lock();
+                loop {
+                    if st.closing || !st.flushers.is_empty() || st.pending.len() >= inner.wake_at {
+                        break;
+                    }
+                    if st.pending.is_empty() {
+                        st.wake = Wake::OnAny;
+                        st = inner.work.wait(st).unwrap_or_else(PoisonError::into_inner);
+                    } else {
+                        st.wake = Wake::AtThreshold;
+                        let (guard, timeout) = inner
+                            .work
+                            .wait_timeout(st, self.linger)
+                            .unwrap_or_else(PoisonError::into_inner);
+                        st = guard;
+                        if timeout.timed_out() {
+                            break;
+                        }
+                    }
+                }
+                st.wake = Wake::No;
+                std::mem::swap(&mut st.pending, &mut batch);
+                if st.blocked > 0 {
+                    inner.room.notify_all();
+                }
+                let failed = st.error.is_some();
+                (std::mem::take(&mut st.flushers), st.closing, failed)
+            };
+            inner.room_async.notify_waiters();
+
+            let n = batch.len() as u64;
+            if failed {
+                inner.dropped.fetch_add(n, Ordering::Relaxed);
+                batch.clear();
+            } else {
+                let mut result = Ok(());
+                for event in batch.drain(..) {
+                    encoder.encode(&event, &mut buf);
+                    buf.push(b'\n');
+                    if buf.len() >= 1 << 18 {
+                        result = result.and_then(|()| self.output.write_all(&buf));
+                        buf.clear();
+                    }
+                }
+                if !buf.is_empty() {
+                    result = result.and_then(|()| self.output.write_all(&buf));
+                    buf.clear();
+                }
+                if !flushers.is_empty() || closing {
+                    result = result.and_then(|()| self.output.flush(self.fsync));
+                }
+                match result {
+                    Ok(()) => {
+                        inner.written.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        inner.dropped.fetch_add(n, Ordering::Relaxed);
+                        inner.lock().error = Some((e.kind(), e.to_string()));
+                    }
+                }
+            }
+            if !flushers.is_empty() {
+                let error = inner.lock().error.clone();
+                for f in flushers {
+                    let _ = f.send(match &error {
+                        None => Ok(()),
+                        Some((kind, msg)) => Err(io::Error::new(*kind, msg.clone())),
+                    });
+                }
+            }
+            if closing {
+                let mut st = inner.lock();
+                st.closed = true;
+                // Anything pushed after the last swap was refused (`closing` was set).
+                for f in st.flushers.drain(..) {
+                    let _ = f.send(Ok(()));
+                }
+                if st.blocked > 0 {
+                    inner.room.notify_all();
+                }
+                drop(st);
+                inner.room_async.notify_waiters();
+                return;
+            }
+        }
+    }
+}
+
+impl JsonlSink {
+    /// A sink writing to `path` (created or truncated) with default settings.
+    pub fn create(path: impl AsRef<Path>) -> io::Result<Self> {
+        JsonlSinkBuilder::default().create(path)
+    }
+
+    /// A builder for non-default settings.
+    ///
+    /// ```
+    /// use stageflow::observe::{JsonlSink, WhenFull};
+    /// # fn main() -> std::io::Result<()> {
+    /// let sink = JsonlSink::builder()
+    ///     .capacity(1 << 20)
+    ///     .when_full(WhenFull::Block)
+    ///     .to_writer(std::io::sink())?;
+    /// # let _ = sink; Ok(()) }
+    /// ```
+    pub fn builder() -> JsonlSinkBuilder {
+        JsonlSinkBuilder::default()
+    }
+
+    /// Events written out so far (all runs).
+    pub fn written(&self) -> u64 {
+        self.handle.inner.written.load(Ordering::Relaxed)
+    }
+
+    /// Flushes, syncs and stops the writer thread, then waits for it. Events offered afterwards
+    /// are refused. Returns the first write error, if any.
+    pub async fn close(&self) -> io::Result<()> {
+        let inner = &self.handle.inner;
+        let rx = {
+            let mut st = inner.lock();
+            st.closing = true;
+            self.handle
+                .done
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+        };
+        inner.work.notify_one();
+        if let Some(rx) = rx {
+            let _ = rx.await;
+        }
+        match inner.lock().error.clone() {
+            None => Ok(()),
+            Some((kind, msg)) => Err(io::Error::new(kind, msg)),
+        }
+    }
+}
+
+impl fmt::Debug for JsonlSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsonlSink")
+            .field("written", &self.written())
+            .field("dropped", &self.dropped())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl EventSink for JsonlSink {
+    fn try_emit(&self, event: Event) -> bool {
+        let inner = &self.handle.inner;
+        match inner.push(event, inner.when_full == WhenFull::Block) {
+            Ok(true) => true,
+            Ok(false) | Err(_) => {
+                inner.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    async fn emit(&self, mut event: Event) -> bool {
+        let inner = &self.handle.inner;
+        loop {
+            let notified = inner.room_async.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match inner.push(event, false) {
+                Ok(true) => return true,
+                Ok(false) => {
+                    inner.dropped.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                Err(back) => {
+                    event = back;
+                    // Make sure the writer is draining, then wait for it.
+                    {
+                        let mut st = inner.lock();
+                        if st.wake != Wake::No {
+                            st.wake = Wake::No;
+                            inner.work.notify_one();
+                        }
+                    }
+                    notified.await;
+                }
+            }
+        }
+    }
+
+    async fn flush(&self) -> io::Result<()> {
+        let inner = &self.handle.inner;
+        let rx = {
+            let mut st = inner.lock();
+            if st.closed {
+                return match &st.error {
+                    None => Ok(()),
+                    Some((kind, msg)) => Err(io::Error::new(*kind, msg.clone())),
+                };
+            }
+            let (tx, rx) = oneshot::channel();
+            st.flushers.push(tx);
+            st.wake = Wake::No;
+            rx
+        };
+        inner.work.notify_one();
+        rx.await.unwrap_or_else(|_| {
+            Err(io::Error::other(
+                "the JSON Lines writer thread stopped before flushing",
+            ))
+        })
+    }
+
+    fn dropped(&self) -> u64 {
+        self.handle.inner.dropped.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,886 @@
+//! The executor-facing side of observability: what runs per stage and per run when something is
+//! observed. Nothing here exists for a run that observes nothing: the executor then holds `None`
+//! and pays one predictable branch per stage start and one per stage end.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::future::BoxFuture;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tracing::Span;
+use uuid::Uuid;
+
+use super::event::{Event, EventKind, Name};
+use super::memory::{self, MemoryReport};
+use super::progress::{Progress, ProgressObserver};
+use super::sink::EventSink;
+use super::summary::{self, SummaryOptions, UNTIMED};
+use super::watchdog::{Stall, Watchdog};
+use super::{ObservabilityReport, ObserveConfig, WideEvents};
+use crate::context::{RunIdentity, RunTimer};
+use crate::error::StageError;
+use crate::graph::GraphInner;
+use crate::output::{StageOutput, StageStatus};
+use crate::results::{RunFailure, RunReport, RunStats, RunStatus};
+use crate::stage::StageResult;
+
+const NOT_STARTED: u8 = 0;
+const RUNNING: u8 = 1;
+const FINISHED: u8 = 2;
+
+/// How a stage ended, as the observer sees it.
+pub(crate) enum Outcome<'a> {
+    Output(&'a StageOutput),
+    Error(&'a StageError),
+    Panic(&'a str),
+    Condition(&'a str),
+}
+
+/// Run-level observability state shared with the sampler task and with stage contexts.
+pub(crate) struct ObsShared {
+    pub(crate) run_id: Uuid,
+    pub(crate) pipeline: Name,
+    pub(crate) graph: Arc<GraphInner>,
+    pub(crate) sink: Option<Arc<dyn EventSink>>,
+    /// Per stage: not started / running / finished.
+    states: Box<[AtomicU8]>,
+    /// Per stage: bytes allocated while polled (empty unless allocations are counted).
+    alloc_slots: Box<[AtomicU64]>,
+    alloc_counter: Option<fn() -> u64>,
+    /// The run's counts ([`RunStats`]) as last published by the executor, for progress.
+    started: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    skipped: AtomicU64,
+    /// Stages invoked / finished after being invoked, kept per stage by the observer when the
+    /// watchdog is on.
+    ran_started: AtomicU64,
+    ran_ended: AtomicU64,
+    /// Events emitted / dropped outside the executor (sampler, stage contexts).
+    extra_emitted: AtomicU64,
+    extra_dropped: AtomicU64,
+    start: Instant,
+    start_wall: SystemTime,
+}
+
+impl ObsShared {
+    /// Publishes the executor's counts (relaxed stores; each count only grows).
+    pub(crate) fn publish(&self, stats: &RunStats) {
+        self.started.store(stats.started as u64, Ordering::Relaxed);
+        self.succeeded
+            .store(stats.succeeded as u64, Ordering::Relaxed);
+        self.failed.store(stats.failed as u64, Ordering::Relaxed);
+        self.skipped.store(stats.skipped as u64, Ordering::Relaxed);
+    }
+
+    fn timestamp(&self, at: Instant) -> SystemTime {
+        self.start_wall + at.saturating_duration_since(self.start)
+    }
+
+    /// Emits from outside the executor (a stage context, the sampler). Returns whether the sink
+    /// took it; `false` without a sink.
+    pub(crate) fn emit_external(&self, event: Event) -> bool {
+        let Some(sink) = &self.sink else { return false };
+        let ok = sink.try_emit(event);
+        let counter = if ok {
+            &self.extra_emitted
+        } else {
+            &self.extra_dropped
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        ok
+    }
+
+    pub(crate) fn event(&self, kind: EventKind) -> Event {
+        Event::new(kind, self.run_id, self.pipeline.clone())
+    }
+
+    fn progress(&self, total: u64, elapsed: Duration, done: bool) -> Progress {
+        Progress::compute(
+            total,
+            self.started.load(Ordering::Relaxed),
+            self.succeeded.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.skipped.load(Ordering::Relaxed),
+            elapsed,
+            done,
+        )
+    }
+
+    fn running_stages(&self, max: usize) -> (usize, Vec<String>) {
+        let mut count = 0;
+        let mut names = Vec::new();
+        for (i, s) in self.states.iter().enumerate() {
+            if s.load(Ordering::Relaxed) == RUNNING {
+                count += 1;
+                if names.len() < max {
+                    names.push(self.graph.name(i as u32).to_owned());
+                }
+            }
+        }
+        (count, names)
+    }
+}
+
+/// What the sampler task shares with the executor. The executor never waits for the task: at the
+/// end of the run it marks the state finished (under the lock the sampler publishes under, so no
+/// progress report can follow the final one), takes the results, and cancels the task.
+#[derive(Default)]
+struct SamplerState {
+    finished: bool,
+    stalls: Vec<Stall>,
+    rss_peak: Option<u64>,
+}
+
+struct Sampler {
+    stop: CancellationToken,
+    state: Arc<Mutex<SamplerState>>,
+}
+
+/// Per-run observer, owned by the executor.
+pub(crate) struct Observer {
+    shared: Arc<ObsShared>,
+    sink: Option<Arc<dyn EventSink>>,
+    /// Whether a report is attached to the result (something was configured).
+    report: bool,
+    run_span: Option<Span>,
+    stage_spans: bool,
+    /// Per stage: nanoseconds since the run started + 1 (0: not started). Empty unless needed.
+    starts: Vec<u64>,
+    /// Per stage: duration in nanoseconds, or `UNTIMED`. Empty unless a summary is wanted.
+    durations: Vec<u64>,
+    summary: Option<SummaryOptions>,
+    wide: WideEvents,
+    progress: Option<ProgressObserver>,
+    progress_every: Option<std::time::Duration>,
+    watchdog: Option<Watchdog>,
+    memory: bool,
+    rss_start: Option<u64>,
+    sampler: Option<Sampler>,
+    started: u64,
+    ended: u64,
+    emitted: u64,
+    dropped: u64,
+    alloc_total: u64,
+}
+
+/// The status string of a finished stage.
+fn outcome_status(outcome: &Outcome<'_>) -> &'static str {
+    match outcome {
+        Outcome::Output(out) => out.status().as_str(),
+        Outcome::Error(e) if e.is_retryable() => "retry",
+        Outcome::Error(_) => "error",
+        Outcome::Panic(_) => "panic",
+        Outcome::Condition(_) => "condition_error",
+    }
+}
+
+impl Observer {
+    /// Builds the observer for one run, or `None` when nothing is observed (no configuration, and
+    /// no tracing subscriber interested in the run span).
+    pub(crate) fn new(
+        config: Option<&ObserveConfig>,
+        graph: &Arc<GraphInner>,
+        identity: &RunIdentity,
+        timer: RunTimer,
+    ) -> Option<Box<Observer>> {
+        let tracing_on = config.and_then(|c| c.tracing).unwrap_or(true);
+        let run_span = if tracing_on {
+            let span = tracing::info_span!(
+                target: "stageflow",
+                "stageflow.run",
+                run_id = %identity.run_id,
+                pipeline = graph.pipeline_name(),
+                stages = graph.len() as u64,
+                status = tracing::field::Empty,
+            );
+            (!span.is_disabled()).then_some(span)
+        } else {
+            None
+        };
+        let fallback;
+        let (config, report) = match config {
+            Some(c) => (c, true),
+            None if run_span.is_some() => {
+                fallback = ObserveConfig::default();
+                (&fallback, false)
+            }
+            None => return None,
+        };
+        let sink = config.sink.clone().filter(|s| !s.is_noop());
+        let nothing = sink.is_none()
+            && run_span.is_none()
+            && config.progress.is_none()
+            && config.watchdog.is_none()
+            && !config.memory
+            && config.summary.is_none();
+        if nothing {
+            return None;
+        }
+        let n = graph.len();
+        let memory = config.memory;
+        let alloc_counter = if memory {
+            memory::allocation_counter()
+        } else {
+            None
+        };
+        let shared = Arc::new(ObsShared {
+            run_id: identity.run_id,
+            pipeline: Name::from(graph.pipeline_name()),
+            graph: graph.clone(),
+            sink: sink.clone(),
+            states: (0..n).map(|_| AtomicU8::new(NOT_STARTED)).collect(),
+            alloc_slots: if alloc_counter.is_some() {
+                (0..n).map(|_| AtomicU64::new(0)).collect()
+            } else {
+                Box::default()
+            },
+            alloc_counter,
+            started: AtomicU64::new(0),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            ran_started: AtomicU64::new(0),
+            ran_ended: AtomicU64::new(0),
+            extra_emitted: AtomicU64::new(0),
+            extra_dropped: AtomicU64::new(0),
+            start: timer.started(),
+            start_wall: timer.started_at(),
+        });
+        let wide = if sink.is_some() {
+            config.wide
+        } else {
+            WideEvents::none()
+        };
+        let need_starts = sink.is_some() || config.summary.is_some();
+        let stage_spans =
+            run_span.is_some() && tracing::span_enabled!(target: "stageflow", tracing::Level::INFO);
+        let mut obs = Box::new(Observer {
+            sink,
+            report,
+            run_span,
+            stage_spans,
+            starts: if need_starts { vec![0; n] } else { Vec::new() },
+            durations: if config.summary.is_some() {
+                vec![UNTIMED; n]
+            } else {
+                Vec::new()
+            },
+            summary: config.summary,
+            wide,
+            progress: config.progress.clone(),
+            progress_every: config.progress.as_ref().map(|p| p.every),
+            watchdog: config.watchdog,
+            memory,
+            rss_start: if memory { memory::current_rss() } else { None },
+            sampler: None,
+            started: 0,
+            ended: 0,
+            emitted: 0,
+            dropped: 0,
+            alloc_total: 0,
+            shared,
+        });
+        obs.emit_run(EventKind::PipelineCreated, |e| {
+            e.data = json!({ "stages": n });
+        });
+        Some(obs)
+    }
+
+    pub(crate) fn shared(&self) -> Arc<ObsShared> {
+        self.shared.clone()
+    }
+
+    /// Whether anything is done per stage (events, spans, durations, watchdog, allocation
+    /// counting). If not, the executor keeps the observer off its per-stage path.
+    pub(crate) fn per_stage(&self) -> bool {
+        self.sink.is_some()
+            || self.stage_spans
+            || !self.starts.is_empty()
+            || self.watchdog.is_some()
+            || self.shared.alloc_counter.is_some()
+    }
+
+    /// Whether the executor should publish its counts (for progress and the watchdog).
+    pub(crate) fn publishes_counts(&self) -> bool {
+        self.progress.is_some() || self.watchdog.is_some()
+    }
+
+    pub(crate) fn run_span(&self) -> Option<Span> {
+        self.run_span.clone()
+    }
+
+    /// Emits `pipeline.started` and starts the sampler task if progress, the watchdog or memory
+    /// sampling is on.
+    pub(crate) fn run_started(&mut self) {
+        self.emit_run(EventKind::PipelineStarted, |_| {});
+        let intervals = [
+            self.progress_every,
+            self.watchdog.map(|w| w.interval()),
+            self.memory.then(|| Duration::from_millis(100)),
+        ];
+        let Some(interval) = intervals.into_iter().flatten().min() else {
+            return;
+        };
+        let stop = CancellationToken::new();
+        let state = Arc::new(Mutex::new(SamplerState::default()));
+        let task = sample(
+            self.shared.clone(),
+            interval,
+            self.progress.clone(),
+            self.watchdog,
+            self.memory,
+            stop.clone(),
+            state.clone(),
+        );
+        drop(tokio::spawn(task));
+        self.sampler = Some(Sampler { stop, state });
+    }
+
+    fn emit(&mut self, event: Event) {
+        if let Some(sink) = &self.sink {
+            if sink.try_emit(event) {
+                self.emitted += 1;
+            } else {
+                self.dropped += 1;
+            }
+        }
+    }
+
+    fn emit_run(&mut self, kind: EventKind, fill: impl FnOnce(&mut Event)) {
+        if self.sink.is_some() {
+            let mut event = self.shared.event(kind);
+            event.timestamp = self.shared.timestamp(Instant::now());
+            fill(&mut event);
+            self.emit(event);
+        }
+    }
+
+    #[inline]
+    fn stage_event(&self, kind: EventKind, idx: u32, at: Instant) -> Event {
+        Event {
+            kind,
+            run_id: self.shared.run_id,
+            pipeline: self.shared.pipeline.clone(),
+            stage: Some(Name::from(self.shared.graph.name(idx))),
+            stage_kind: Some(self.shared.graph.kind(idx)),
+            timestamp: self.shared.timestamp(at),
+            duration: None,
+            status: None,
+            error: None,
+            allocated_bytes: None,
+            data: Value::Null,
+        }
+    }
+
+    fn stage_span(&self, idx: u32) -> Span {
+        match &self.run_span {
+            Some(run) if self.stage_spans => tracing::info_span!(
+                target: "stageflow",
+                parent: run,
+                "stageflow.stage",
+                run_id = %self.shared.run_id,
+                pipeline = &*self.shared.pipeline,
+                stage = self.shared.graph.name(idx),
+                kind = self.shared.graph.kind(idx).as_str(),
+                status = tracing::field::Empty,
+            ),
+            _ => Span::none(),
+        }
+    }
+
+    /// A stage is invoked: record it, emit `started`, and create its future (via `make`) inside
+    /// its span, wrapped so every poll runs in the span (and is measured for allocations).
+    // Out of line and cold: keeps the executor's unobserved path as tight as before.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn start_stage(
+        &mut self,
+        idx: u32,
+        make: impl FnOnce() -> BoxFuture<'static, StageResult>,
+    ) -> std::thread::Result<BoxFuture<'static, StageResult>> {
+        self.shared.states[idx as usize].store(RUNNING, Ordering::Relaxed);
+        self.started += 1;
+        self.shared
+            .ran_started
+            .store(self.started, Ordering::Relaxed);
+        if !self.starts.is_empty() {
+            let now = Instant::now();
+            let ns = now.saturating_duration_since(self.shared.start).as_nanos() as u64;
+            self.starts[idx as usize] = ns + 1;
+            if self.sink.is_some() {
+                let mut event = self.stage_event(EventKind::StageStarted, idx, now);
+                event.status = Some(Cow::Borrowed("running"));
+                self.emit(event);
+            }
+        }
+        let counted = self.shared.alloc_counter.is_some();
+        if !self.stage_spans && !counted {
+            return catch_unwind(AssertUnwindSafe(make));
+        }
+        let span = self.stage_span(idx);
+        let fut = {
+            let _entered = span.enter();
+            catch_unwind(AssertUnwindSafe(make))?
+        };
+        if span.is_disabled() && !counted {
+            return Ok(fut);
+        }
+        Ok(Box::pin(Observed {
+            inner: fut,
+            span,
+            alloc: counted.then(|| (self.shared.clone(), idx, 0)),
+            done: false,
+        }))
+    }
+
+    /// A stage finished (or was decided without running).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn stage_done(&mut self, idx: u32, outcome: Outcome<'_>) {
+        let i = idx as usize;
+        let ran = self.shared.states[i].load(Ordering::Relaxed) == RUNNING;
+        self.shared.states[i].store(FINISHED, Ordering::Relaxed);
+        if ran {
+            self.ended += 1;
+            self.shared.ran_ended.store(self.ended, Ordering::Relaxed);
+        }
+        if !ran && self.stage_spans {
+            // Never invoked (skipped, or its condition failed): a span that opens and closes.
+            let span = self.stage_span(idx);
+            span.record("status", outcome_status(&outcome));
+        }
+        if self.starts.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let started = self.starts[i];
+        let duration = (started != 0).then(|| {
+            let end = now.saturating_duration_since(self.shared.start).as_nanos() as u64;
+            Duration::from_nanos(end.saturating_sub(started - 1))
+        });
+        if !self.durations.is_empty() {
+            self.durations[i] = duration.map_or(0, |d| d.as_nanos() as u64);
+        }
+        let allocated = if self.shared.alloc_slots.is_empty() || !ran {
+            None
+        } else {
+            let bytes = self.shared.alloc_slots[i].load(Ordering::Relaxed);
+            self.alloc_total += bytes;
+            Some(bytes)
+        };
+        if self.sink.is_none() {
+            return;
+        }
+        if let Outcome::Output(out) = &outcome {
+            for custom in out.events() {
+                let mut event = self.stage_event(
+                    EventKind::Custom(custom.event_type.clone().into()),
+                    idx,
+                    now,
+                );
+                event.data = custom.data.clone();
+                self.emit(event);
+            }
+            for artifact in out.artifacts() {
+                let mut event = self.stage_event(EventKind::StageArtifact, idx, now);
+                event.data = json!({ "type": artifact.kind, "payload": artifact.payload });
+                self.emit(event);
+            }
+        }
+        let (kind, error) = match &outcome {
+            Outcome::Output(out) => (
+                match out.status() {
+                    StageStatus::Ok => EventKind::StageCompleted,
+                    StageStatus::Skip => EventKind::StageSkipped,
+                    StageStatus::Cancel => EventKind::StageCancelled,
+                    StageStatus::Fail | StageStatus::Retry => EventKind::StageFailed,
+                },
+                out.message().map(str::to_owned),
+            ),
+            Outcome::Error(e) => (EventKind::StageFailed, Some(e.to_string())),
+            Outcome::Panic(m) | Outcome::Condition(m) => {
+                (EventKind::StageFailed, Some((*m).to_owned()))
+            }
+        };
+        let status = outcome_status(&outcome);
+        let mut event = self.stage_event(kind, idx, now);
+        event.duration = duration;
+        event.status = Some(Cow::Borrowed(status));
+        event.allocated_bytes = allocated;
+        if self.wide.stage {
+            let mut wide = event.clone();
+            wide.kind = EventKind::StageWide;
+            let data_keys: Vec<&str> = match &outcome {
+                Outcome::Output(out) => out.data().keys().collect(),
+                _ => Vec::new(),
+            };
+            wide.data = json!({
+                "started_at": duration.map(|d| super::event::Rfc3339(event.timestamp - d).to_string()),
+                "ended_at": super::event::Rfc3339(event.timestamp).to_string(),
+                "data_keys": data_keys,
+            });
+            wide.error.clone_from(&error);
+            event.error = error;
+            self.emit(event);
+            self.emit(wide);
+        } else {
+            event.error = error;
+            self.emit(event);
+        }
+    }
+
+    /// Stops the sampler and publishes the final progress. Holds the sampler's lock meanwhile, so
+    /// no sampled report can follow the final one. (A plain function: the guard must not live in
+    /// the async `finish`, whose future has to stay `Send`.)
+    fn stop_sampler(
+        &mut self,
+        stats: &RunStats,
+        duration: Duration,
+    ) -> (SamplerState, Option<Progress>) {
+        self.shared.publish(stats);
+        let sampler = self.sampler.take();
+        let mut guard = sampler
+            .as_ref()
+            .map(|s| s.state.lock().unwrap_or_else(PoisonError::into_inner));
+        let sampled = match guard.as_deref_mut() {
+            Some(state) => {
+                state.finished = true;
+                SamplerState {
+                    finished: true,
+                    stalls: std::mem::take(&mut state.stalls),
+                    rss_peak: state.rss_peak,
+                }
+            }
+            None => SamplerState::default(),
+        };
+        let total = self.shared.graph.len() as u64;
+        let final_progress = self.progress.as_ref().map(|observer| {
+            let progress = self.shared.progress(total, duration, true);
+            observer.publish(&progress);
+            progress
+        });
+        drop(guard);
+        if let Some(sampler) = sampler {
+            sampler.stop.cancel();
+        }
+        (sampled, final_progress)
+    }
+
+    /// The run is over: stop the sampler, report stages that were still running, publish the
+    /// final progress, build the report, emit the terminal events, flush the sink, and attach the
+    /// report to the result.
+    pub(crate) async fn finish(mut self: Box<Self>, result: &mut Result<RunReport, RunFailure>) {
+        let (stats, duration, status_str): (RunStats, Duration, &'static str) = match &*result {
+            Ok(r) => (
+                *r.stats(),
+                r.duration(),
+                if r.is_completed() {
+                    "completed"
+                } else {
+                    "cancelled"
+                },
+            ),
+            Err(f) => (*f.stats(), f.duration(), "failed"),
+        };
+
+        // Stages still marked running were aborted when the run stopped.
+        if status_str != "completed" && self.sink.is_some() {
+            let now = Instant::now();
+            for idx in 0..self.shared.states.len() as u32 {
+                if self.shared.states[idx as usize].load(Ordering::Relaxed) != RUNNING {
+                    continue;
+                }
+                let mut event = self.stage_event(EventKind::StageCancelled, idx, now);
+                let started = self.starts[idx as usize];
+                if started != 0 {
+                    let end = now.saturating_duration_since(self.shared.start).as_nanos() as u64;
+                    event.duration = Some(Duration::from_nanos(end.saturating_sub(started - 1)));
+                }
+                event.status = Some(Cow::Borrowed("aborted"));
+                event.error = Some("the run stopped while the stage was running".to_owned());
+                self.emit(event);
+            }
+        }
+
+        let (sampled, final_progress) = self.stop_sampler(&stats, duration);
+
+        let memory = self.memory.then(|| {
+            let rss_end = memory::current_rss();
+            let rss_peak = [self.rss_start, sampled.rss_peak, rss_end]
+                .into_iter()
+                .flatten()
+                .max();
+            MemoryReport {
+                rss_start: self.rss_start,
+                rss_end,
+                rss_peak,
+                allocated_bytes: self.shared.alloc_counter.map(|_| self.alloc_total),
+            }
+        });
+
+        let summary = self
+            .summary
+            .map(|opts| summary::summarize(&self.shared.graph, &self.durations, opts));
+
+        // Terminal events.
+        let (kind, error) = match &*result {
+            Ok(r) => match r.status() {
+                RunStatus::Completed => (EventKind::PipelineCompleted, None),
+                RunStatus::Cancelled { stage, reason } => (
+                    EventKind::PipelineCancelled,
+                    Some(match stage {
+                        Some(s) => format!("stage `{s}` cancelled the run: {reason}"),
+                        None => reason.clone(),
+                    }),
+                ),
+            },
+            Err(f) => (EventKind::PipelineFailed, Some(f.to_string())),
+        };
+        if self.sink.is_some() {
+            let counts = json!({
+                "total": stats.total,
+                "started": stats.started,
+                "succeeded": stats.succeeded,
+                "skipped": stats.skipped,
+                "failed": stats.failed,
+                "cancelled": stats.cancelled,
+            });
+            let failed_stage = result.as_ref().err().map(|f| f.stage().to_owned());
+            let mut data = json!({ "stage_counts": counts });
+            if let Some(stage) = &failed_stage {
+                data["failed_stage"] = json!(stage);
+            }
+            if let Some(m) = &memory {
+                data["memory"] = json!(m);
+            }
+            let mut wide_data = data.clone();
+            self.emit_run(kind, |e| {
+                e.duration = Some(duration);
+                e.status = Some(Cow::Borrowed(status_str));
+                e.error.clone_from(&error);
+                e.data = data;
+            });
+            if self.wide.pipeline {
+                if let Some(s) = &summary {
+                    wide_data["summary"] = json!(s);
+                }
+                wide_data["started_at"] =
+                    json!(super::event::Rfc3339(self.shared.start_wall).to_string());
+                // Events of this run so far, plus this one.
+                wide_data["events_emitted"] = json!(self.emitted + 1);
+                wide_data["events_dropped"] = json!(self.dropped);
+                self.emit_run(EventKind::PipelineWide, |e| {
+                    e.duration = Some(duration);
+                    e.status = Some(Cow::Borrowed(status_str));
+                    e.error = error;
+                    e.data = wide_data;
+                });
+            }
+        }
+
+        let mut sink_error = None;
+        if let Some(sink) = &self.sink {
+            if let Err(e) = sink.flush().await {
+                tracing::warn!(target: "stageflow", run_id = %self.shared.run_id, error = %e, "stageflow: flushing the event sink failed");
+                sink_error = Some(e.to_string());
+            }
+        }
+        let emitted = self.emitted + self.shared.extra_emitted.load(Ordering::Relaxed);
+        let dropped = self.dropped + self.shared.extra_dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                target: "stageflow",
+                run_id = %self.shared.run_id,
+                pipeline = &*self.shared.pipeline,
+                dropped,
+                emitted,
+                "stageflow: the event sink dropped {dropped} events of this run (it could not keep up)"
+            );
+        }
+        if let Some(span) = &self.run_span {
+            span.record("status", status_str);
+        }
+        if !self.report {
+            return;
+        }
+        let report = Box::new(ObservabilityReport {
+            events_emitted: emitted,
+            events_dropped: dropped,
+            sink_error,
+            stalls: sampled.stalls,
+            memory,
+            summary,
+            progress: final_progress,
+        });
+        match result {
+            Ok(r) => r.observability = Some(report),
+            Err(f) => f.observability = Some(report),
+        }
+    }
+}
+
+/// The sampler task: progress, RSS peak, stall detection.
+async fn sample(
+    shared: Arc<ObsShared>,
+    interval: Duration,
+    progress: Option<ProgressObserver>,
+    watchdog: Option<Watchdog>,
+    memory: bool,
+    stop: CancellationToken,
+    state: Arc<Mutex<SamplerState>>,
+) {
+    let total = shared.graph.len() as u64;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // the first tick is immediate
+    let started = tokio::time::Instant::now();
+    let mut last_done = u64::MAX;
+    let mut last_change = started;
+    let mut stalled = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let now = tokio::time::Instant::now();
+        let rss = if memory { memory::current_rss() } else { None };
+        let mut out = state.lock().unwrap_or_else(PoisonError::into_inner);
+        if out.finished {
+            break;
+        }
+        if let Some(observer) = &progress {
+            observer.publish(&shared.progress(total, shared.start.elapsed(), false));
+        }
+        if let Some(rss) = rss {
+            out.rss_peak = Some(out.rss_peak.map_or(rss, |p| p.max(rss)));
+        }
+        if let Some(watchdog) = &watchdog {
+            // Any stage finishing counts as movement: invoked stages that ended (kept per
+            // stage) plus skips (published by the executor; both counts only grow).
+            let ended = shared.ran_ended.load(Ordering::Relaxed);
+            let done = ended + shared.skipped.load(Ordering::Relaxed);
+            let running = shared.ran_started.load(Ordering::Relaxed) > ended;
+            if done != last_done {
+                last_done = done;
+                last_change = now;
+                stalled = false;
+            } else if !stalled && running && now - last_change >= watchdog.stall_after {
+                stalled = true;
+                let idle_for = now - last_change;
+                let (count, names) = shared.running_stages(watchdog.max_names);
+                tracing::warn!(
+                    target: "stageflow",
+                    run_id = %shared.run_id,
+                    pipeline = &*shared.pipeline,
+                    idle_ms = idle_for.as_millis() as u64,
+                    running = count,
+                    stages = ?names,
+                    "stageflow: pipeline stalled: no stage finished for {idle_for:?}"
+                );
+                let stall = Stall {
+                    at: shared.start.elapsed(),
+                    idle_for,
+                    running: count,
+                    stages: names,
+                };
+                if shared.sink.is_some() {
+                    let mut event = shared.event(EventKind::PipelineStalled);
+                    event.timestamp = shared.timestamp(Instant::now());
+                    event.status = Some(Cow::Borrowed("stalled"));
+                    event.data = json!({
+                        "idle_ms": idle_for.as_secs_f64() * 1e3,
+                        "running": count,
+                        "stages": stall.stages,
+                    });
+                    shared.emit_external(event);
+                }
+                out.stalls.push(stall);
+            }
+        }
+    }
+}
+
+/// A stage future polled inside its span, optionally measuring allocations per poll.
+struct Observed {
+    inner: BoxFuture<'static, StageResult>,
+    span: Span,
+    /// (shared state, stage index, bytes so far)
+    alloc: Option<(Arc<ObsShared>, u32, u64)>,
+    done: bool,
+}
+
+/// Records `panic` on the span if a poll unwinds.
+struct PanicGuard<'a> {
+    span: &'a Span,
+    done: &'a mut bool,
+    armed: bool,
+}
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            *self.done = true;
+            self.span.record("status", "panic");
+        }
+    }
+}
+
+impl Future for Observed {
+    type Output = StageResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<StageResult> {
+        let Observed {
+            inner,
+            span,
+            alloc,
+            done,
+        } = self.get_mut();
+        let _entered = span.enter();
+        let before = alloc
+            .as_ref()
+            .and_then(|(shared, ..)| shared.alloc_counter.map(|f| f()));
+        let mut guard = PanicGuard {
+            span,
+            done,
+            armed: true,
+        };
+        let poll = inner.as_mut().poll(cx);
+        guard.armed = false;
+        if let (Some(before), Some((shared, _, total))) = (before, alloc.as_mut()) {
+            let after = shared.alloc_counter.map_or(before, |f| f());
+            *total += after.saturating_sub(before);
+        }
+        if let Poll::Ready(result) = &poll {
+            *guard.done = true;
+            span.record(
+                "status",
+                match result {
+                    Ok(out) => out.status().as_str(),
+                    Err(e) if e.is_retryable() => "retry",
+                    Err(_) => "error",
+                },
+            );
+            if let Some((shared, idx, total)) = alloc {
+                shared.alloc_slots[*idx as usize].store(*total, Ordering::Relaxed);
+            }
+        }
+        poll
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        if !self.done && !self.span.is_disabled() {
+            self.span.record("status", "cancelled");
+        }
+    }
+}
