@@ -16,6 +16,7 @@ mod stress;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use stageflow_cli::pipeline_file;
 
 /// Every heap allocation of the process goes through this counter, so `stress` can report heap
 /// bytes allocated per stage. Counting costs two relaxed atomic adds per allocation.
@@ -42,6 +43,15 @@ pub enum Commands {
     ///
     /// Without a scenario, runs all four at moderate default sizes and prints one Markdown table each.
     Stress(stress::StressArgs),
+    /// Run a pipeline file: stages in parallel where possible, with progress, a summary table and exit codes (0 ok, 1 a stage failed, 2 invalid file, 130 interrupted).
+    Run(pipeline_file::cli::RunArgs),
+    /// Check a pipeline file without running anything; every problem is shown with file:line:column.
+    Check(pipeline_file::cli::CheckArgs),
+    /// Print a pipeline file's DAG as Graphviz dot or Mermaid text.
+    Graph(pipeline_file::cli::GraphArgs),
+    /// Generate a chain pipeline file of N stages (for scale tests).
+    #[command(hide = true)]
+    Generate(pipeline_file::cli::GenerateArgs),
 }
 
 /// Why a subcommand could not finish normally.
@@ -79,6 +89,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = runtime().and_then(|rt| match cli.command {
         Commands::Stress(args) => stress::run(&args, &rt),
+        Commands::Run(args) => Ok(pipeline_file::cli::run(&args, &rt)),
+        Commands::Check(args) => Ok(pipeline_file::cli::check(&args)),
+        Commands::Graph(args) => Ok(pipeline_file::cli::graph(&args)),
+        Commands::Generate(args) => Ok(pipeline_file::cli::generate(&args)),
     });
     match outcome {
         Ok(code) => code,

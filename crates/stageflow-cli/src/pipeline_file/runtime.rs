@@ -1,0 +1,564 @@
+//! One run of a pipeline file (top-level or nested): builds the graph with command stages, runs
+//! it, records what happened to every stage, emits events, and runs cleanup.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{json, Value};
+use stageflow::{
+    CancellationToken, Results, Retention, RunFailure, RunIdentity, RunOptions, RunReport,
+    RunStatus, Stage, StageOutput,
+};
+use tokio::sync::Semaphore;
+
+use super::check::LoadedPipeline;
+use super::command_stage::{self, ChildStage, CommandStage};
+use super::control::Control;
+use super::duration::human;
+use super::events::{rfc3339, EventLog};
+use super::format::Action;
+use super::lower::{self, ConditionFn};
+use super::process::{self, Ending, ProcSpec, RunOpts};
+use super::progress::Reporter;
+
+/// What every run and nested run of one `stageflow run` shares.
+pub(crate) struct RunEnv {
+    pub(crate) control: Arc<Control>,
+    pub(crate) events: Option<Arc<EventLog>>,
+    pub(crate) reporter: Arc<Reporter>,
+    /// Commands running at once, across nested runs: `--max-parallel`.
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) max_parallel: usize,
+    pub(crate) grace: Duration,
+    pub(crate) identity: RunIdentity,
+    pub(crate) run_id: String,
+    /// Where `$STAGEFLOW_INPUTS` files are written; removed when the run ends.
+    pub(crate) scratch: PathBuf,
+    pub(crate) file_counter: AtomicU64,
+    pub(crate) start_seq: AtomicU64,
+}
+
+impl RunEnv {
+    pub(crate) fn emit(&self, event: &str, fields: Value) {
+        if let Some(events) = &self.events {
+            events.emit(event, fields);
+        }
+    }
+}
+
+/// What happened to one stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    NotRun,
+    Running,
+    Ok,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl State {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            State::NotRun => "not_run",
+            State::Running => "running",
+            State::Ok => "ok",
+            State::Failed => "failed",
+            State::Skipped => "skipped",
+            State::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Record {
+    pub(crate) state: State,
+    pub(crate) started: Option<Instant>,
+    pub(crate) started_at: Option<SystemTime>,
+    pub(crate) duration: Option<Duration>,
+    pub(crate) attempts: u32,
+    /// The error, skip reason or cancel reason.
+    pub(crate) note: Option<String>,
+    /// Start order, for last-started-first cleanup.
+    pub(crate) seq: u64,
+    /// Set when the stage started work and has a `cleanup` command: its environment and directory.
+    pub(crate) cleanup: Option<(Vec<(String, String)>, PathBuf)>,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Record {
+            state: State::NotRun,
+            started: None,
+            started_at: None,
+            duration: None,
+            attempts: 0,
+            note: None,
+            seq: 0,
+            cleanup: None,
+        }
+    }
+}
+
+/// One cleanup command's result.
+#[derive(Clone, Debug)]
+pub(crate) struct CleanupReport {
+    /// The stage it belongs to, or `None` for the pipeline's own cleanup.
+    pub(crate) stage: Option<String>,
+    pub(crate) command: String,
+    pub(crate) error: Option<String>,
+    pub(crate) duration: Duration,
+}
+
+/// One run of one pipeline file.
+pub(crate) struct PipelineRun {
+    pub(crate) env: Arc<RunEnv>,
+    pub(crate) loaded: Arc<LoadedPipeline>,
+    /// `""` at the top; `"stage/"` for the child pipeline of `stage`.
+    pub(crate) prefix: String,
+    pub(crate) depth: usize,
+    /// Environment handed down from parent pipelines.
+    pub(crate) inherited_env: Vec<(String, String)>,
+    records: Mutex<Vec<Record>>,
+}
+
+/// How a run ended, with its cleanup.
+pub(crate) struct Outcome {
+    pub(crate) result: Result<RunReport, RunFailure>,
+    pub(crate) cleanup: Vec<CleanupReport>,
+    pub(crate) duration: Duration,
+}
+
+impl Outcome {
+    pub(crate) fn results(&self) -> &Results {
+        match &self.result {
+            Ok(r) => r.results(),
+            Err(f) => f.partial_results(),
+        }
+    }
+
+    pub(crate) fn cleanup_failures(&self) -> impl Iterator<Item = &CleanupReport> {
+        self.cleanup.iter().filter(|c| c.error.is_some())
+    }
+}
+
+fn status_line(state: State, name: &str, duration: Option<Duration>, note: Option<&str>) -> String {
+    let label = match state {
+        State::Ok => "    ok",
+        State::Failed => "FAILED",
+        State::Skipped => "  skip",
+        State::Cancelled => "  stop",
+        State::NotRun | State::Running => "     -",
+    };
+    let mut line = format!("{label}  {name}");
+    if let Some(d) = duration {
+        line.push_str(&format!(" ({})", human(d)));
+    }
+    if let Some(n) = note {
+        line.push_str(": ");
+        line.push_str(n);
+    }
+    line
+}
+
+impl PipelineRun {
+    pub(crate) fn new(
+        env: Arc<RunEnv>,
+        loaded: Arc<LoadedPipeline>,
+        prefix: String,
+        depth: usize,
+        inherited_env: Vec<(String, String)>,
+    ) -> Self {
+        let records = vec![Record::default(); loaded.len()];
+        PipelineRun {
+            env,
+            loaded,
+            prefix,
+            depth,
+            inherited_env,
+            records: Mutex::new(records),
+        }
+    }
+
+    pub(crate) fn records(&self) -> MutexGuard<'_, Vec<Record>> {
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_top(&self) -> bool {
+        self.prefix.is_empty()
+    }
+
+    /// The stage's name as shown in events and output (`parent/child` for nested runs).
+    pub(crate) fn full_name(&self, i: usize) -> String {
+        format!("{}{}", self.prefix, self.loaded.instances[i].name)
+    }
+
+    /// A stage started its work.
+    pub(crate) fn begin(&self, i: usize) {
+        let name = self.full_name(i);
+        let now = SystemTime::now();
+        {
+            let mut records = self.records();
+            let r = &mut records[i];
+            r.state = State::Running;
+            r.started = Some(Instant::now());
+            r.started_at = Some(now);
+            r.seq = self.env.start_seq.fetch_add(1, Ordering::Relaxed);
+        }
+        self.env.reporter.stage_started(&name);
+        self.env.emit(
+            "stage_started",
+            json!({"pipeline": self.loaded.name(), "stage": name, "started_at": rfc3339(now)}),
+        );
+    }
+
+    /// A stage ended (`Ok`, `Failed`, `Cancelled`, or `Skipped` by its condition).
+    pub(crate) fn finish(&self, i: usize, state: State, note: Option<String>, attempts: u32) {
+        let name = self.full_name(i);
+        let (duration, started_at) = {
+            let mut records = self.records();
+            let r = &mut records[i];
+            r.state = state;
+            r.duration = r.started.map(|s| s.elapsed());
+            r.attempts = attempts;
+            r.note = note.clone();
+            (r.duration, r.started_at)
+        };
+        let event = match state {
+            State::Ok => "stage_completed",
+            State::Failed => "stage_failed",
+            State::Skipped => "stage_skipped",
+            _ => "stage_cancelled",
+        };
+        let (error, reason) = match state {
+            State::Failed => (note.clone(), None),
+            State::Skipped | State::Cancelled => (None, note.clone()),
+            _ => (None, None),
+        };
+        self.env.emit(
+            event,
+            json!({
+                "pipeline": self.loaded.name(),
+                "stage": name,
+                "status": state.as_str(),
+                "started_at": started_at.map(rfc3339),
+                "duration_ms": duration.map(|d| d.as_secs_f64() * 1000.0),
+                "attempts": (attempts > 0).then_some(attempts),
+                "error": error,
+                "reason": reason,
+            }),
+        );
+        let line = status_line(state, &name, duration, note.as_deref());
+        self.env
+            .reporter
+            .stage_finished(&name, self.is_top(), &line);
+    }
+
+    pub(crate) fn set_cleanup_context(&self, i: usize, env: Vec<(String, String)>, dir: PathBuf) {
+        self.records()[i].cleanup = Some((env, dir));
+    }
+
+    fn make_stage(self: &Arc<Self>, i: usize) -> (Arc<dyn Stage>, Option<ConditionFn>) {
+        let def = self.loaded.stage_def(i);
+        let stage: Arc<dyn Stage> = match def.action {
+            Action::Command(_) => Arc::new(CommandStage {
+                run: self.clone(),
+                idx: i,
+            }),
+            Action::Pipeline { .. } => Arc::new(ChildStage {
+                run: self.clone(),
+                idx: i,
+            }),
+        };
+        let condition = def.condition.as_ref().map(|_| {
+            let run = self.clone();
+            Box::new(move |inputs: &stageflow::ConditionInputs<'_>| {
+                Ok(command_stage::evaluate_condition(&run, i, inputs))
+            }) as ConditionFn
+        });
+        (stage, condition)
+    }
+}
+
+/// Runs `run`'s pipeline to the end (cancelled by `token`), then its cleanup.
+pub(crate) fn execute(
+    run: Arc<PipelineRun>,
+    token: CancellationToken,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>> {
+    Box::pin(async move {
+        let started = Instant::now();
+        let env = run.env.clone();
+        let loaded = run.loaded.clone();
+        let graph = match lower::build(&loaded, |i| run.make_stage(i)) {
+            Ok(g) => g,
+            Err(diags) => {
+                // Cannot happen for a checked file; reported rather than assumed.
+                let failure = stageflow::Pipeline::builder(loaded.name())
+                    .stage("invalid", move |_ctx: stageflow::StageContext| {
+                        let message = diags.to_string();
+                        async move { StageOutput::fail(message) }
+                    })
+                    .build()
+                    .expect("one-stage pipeline")
+                    .run(())
+                    .await;
+                return Outcome {
+                    result: failure,
+                    cleanup: Vec::new(),
+                    duration: started.elapsed(),
+                };
+            }
+        };
+        let identity = if run.is_top() {
+            env.identity.clone()
+        } else {
+            RunIdentity::new()
+        };
+        env.emit(
+            "pipeline_started",
+            json!({
+                "pipeline": loaded.name(),
+                "file": loaded.source().path().display().to_string(),
+                "stages": loaded.len(),
+                "parent_stage": (!run.is_top()).then(|| run.prefix.trim_end_matches('/').to_owned()),
+            }),
+        );
+        let options = RunOptions::new()
+            .identity(identity)
+            .max_concurrency(env.max_parallel)
+            .cancel_token(token)
+            .retention(if run.is_top() {
+                Retention::All
+            } else {
+                Retention::Sinks
+            });
+        let result = graph.run_with(Value::Null, options).await;
+        drop(graph);
+        settle(&run, &result);
+        let cleanup = run_cleanup(&run).await;
+        let duration = started.elapsed();
+        let (event, status, error) = match &result {
+            Ok(r) => match r.status() {
+                RunStatus::Completed => ("pipeline_completed", "completed", None),
+                RunStatus::Cancelled { reason, .. } => {
+                    ("pipeline_cancelled", "cancelled", Some(reason.clone()))
+                }
+            },
+            Err(f) => ("pipeline_failed", "failed", Some(f.to_string())),
+        };
+        let failed_cleanups = cleanup.iter().filter(|c| c.error.is_some()).count();
+        env.emit(
+            event,
+            json!({
+                "pipeline": loaded.name(),
+                "status": status,
+                "duration_ms": duration.as_secs_f64() * 1000.0,
+                "error": error,
+                "failed_stage": result.as_ref().err().map(|f| format!("{}{}", run.prefix, f.stage())),
+                "cleanup_failures": (failed_cleanups > 0).then_some(failed_cleanups),
+                "parent_stage": (!run.is_top()).then(|| run.prefix.trim_end_matches('/').to_owned()),
+            }),
+        );
+        Outcome {
+            result,
+            cleanup,
+            duration,
+        }
+    })
+}
+
+/// After the run: stages skipped by the engine because all their inputs were skipped, and stages
+/// that were still running when the run stopped.
+fn settle(run: &PipelineRun, result: &Result<RunReport, RunFailure>) {
+    let results = match result {
+        Ok(r) => r.results(),
+        Err(f) => f.partial_results(),
+    };
+    let stop_note = match result {
+        Ok(r) => match r.status() {
+            RunStatus::Cancelled { .. } if run.env.control.is_interrupted() => {
+                "interrupted; killed after the grace period".to_owned()
+            }
+            RunStatus::Cancelled { reason, .. } => format!("stopped: {reason}"),
+            RunStatus::Completed => "stopped".to_owned(),
+        },
+        Err(f) => format!("stopped because stage `{}{}` failed", run.prefix, f.stage()),
+    };
+    let mut todo = Vec::new();
+    {
+        let records = run.records();
+        for (i, r) in records.iter().enumerate() {
+            match r.state {
+                State::NotRun => {
+                    if let Some(out) = results.get(&run.loaded.instances[i].name) {
+                        if out.is_skipped() {
+                            todo.push((
+                                i,
+                                State::Skipped,
+                                out.message().unwrap_or("skipped").to_owned(),
+                            ));
+                        }
+                    }
+                }
+                State::Running => todo.push((i, State::Cancelled, stop_note.clone())),
+                _ => {}
+            }
+        }
+    }
+    for (i, state, note) in todo {
+        run.finish(i, state, Some(note), 0);
+    }
+}
+
+/// Per-stage cleanup (last started first), then the pipeline's cleanup commands in order.
+async fn run_cleanup(run: &PipelineRun) -> Vec<CleanupReport> {
+    let loaded = &run.loaded;
+    type Due = (u64, usize, Vec<(String, String)>, PathBuf);
+    let mut due: Vec<Due> = run
+        .records()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.cleanup.clone().map(|(env, dir)| (r.seq, i, env, dir)))
+        .collect();
+    due.sort_by_key(|d| std::cmp::Reverse(d.0));
+    let mut reports = Vec::new();
+    for (_, i, env, dir) in due {
+        let def = loaded.stage_def(i);
+        let Some(command) = &def.cleanup else {
+            continue;
+        };
+        let matrix = loaded.instances[i].matrix.as_deref().map(Vec::as_slice);
+        let spec = match command_stage::render_command(command, matrix, env, dir) {
+            Ok(spec) => spec,
+            Err(e) => {
+                reports.push(report_cleanup(
+                    run,
+                    Some(run.full_name(i)),
+                    "?".into(),
+                    Some(e),
+                    Duration::ZERO,
+                ));
+                continue;
+            }
+        };
+        reports.push(cleanup_one(run, Some(run.full_name(i)), spec).await);
+    }
+    let mut base_env = command_stage::base_env(run, None);
+    base_env.extend(run.inherited_env.iter().cloned());
+    for command in &loaded.def.cleanup {
+        let spec = match command_stage::render_command(
+            command,
+            None,
+            base_env.clone(),
+            loaded.base_dir.clone(),
+        ) {
+            Ok(spec) => spec,
+            Err(e) => {
+                reports.push(report_cleanup(
+                    run,
+                    None,
+                    "?".into(),
+                    Some(e),
+                    Duration::ZERO,
+                ));
+                continue;
+            }
+        };
+        reports.push(cleanup_one(run, None, spec).await);
+    }
+    reports
+}
+
+async fn cleanup_one(run: &PipelineRun, stage: Option<String>, spec: ProcSpec) -> CleanupReport {
+    let env = &run.env;
+    let started = Instant::now();
+    let label = match &stage {
+        Some(s) => format!("cleanup {s}"),
+        None if run.is_top() => "cleanup".to_owned(),
+        None => format!("cleanup {}", run.prefix.trim_end_matches('/')),
+    };
+    let reporter = env.reporter.clone();
+    let mut forward = |line: &str| reporter.stage_stderr(&label, line);
+    let timeout = run.loaded.def.cleanup_timeout;
+    let result = process::run(
+        &spec,
+        &env.control,
+        RunOpts {
+            deadline: Some(tokio::time::Instant::now() + timeout),
+            grace: env.grace,
+            interruptible: false,
+            on_stderr: &mut forward,
+        },
+    )
+    .await;
+    let error = match result {
+        Err(e) => Some(format!("cannot start `{}`: {e}", spec.program)),
+        Ok(r) => match r.ending {
+            Ending::TimedOut => Some(format!("timed out after {}", human(timeout))),
+            _ if r.status.success() => None,
+            _ => Some(match r.last_stderr_line() {
+                Some(l) => format!("{}: {l}", r.describe_status()),
+                None => r.describe_status(),
+            }),
+        },
+    };
+    report_cleanup(run, stage, spec.display(), error, started.elapsed())
+}
+
+fn report_cleanup(
+    run: &PipelineRun,
+    stage: Option<String>,
+    command: String,
+    error: Option<String>,
+    duration: Duration,
+) -> CleanupReport {
+    let env = &run.env;
+    env.emit(
+        if error.is_some() {
+            "cleanup_failed"
+        } else {
+            "cleanup_completed"
+        },
+        json!({
+            "pipeline": run.loaded.name(),
+            "stage": stage,
+            "command": command,
+            "duration_ms": duration.as_secs_f64() * 1000.0,
+            "error": error,
+        }),
+    );
+    let who = stage.as_deref().map_or_else(
+        || format!("pipeline `{}`", run.loaded.name()),
+        |s| format!("stage `{s}`"),
+    );
+    match &error {
+        Some(e) => env
+            .reporter
+            .notice(&format!("cleanup FAILED for {who}: `{command}`: {e}")),
+        None => env.reporter.stage_finished(
+            "cleanup",
+            false,
+            &format!("    ok  cleanup for {who} ({})", human(duration)),
+        ),
+    }
+    CleanupReport {
+        stage,
+        command,
+        error,
+        duration,
+    }
+}
+
+/// The `{stage: data}` of a finished child run's sinks: a `pipeline` stage's output.
+pub(crate) fn sink_outputs(results: &Results) -> StageOutput {
+    let mut out = StageOutput::ok();
+    for (name, output) in results.iter() {
+        if output.is_ok() {
+            let data = serde_json::to_value(output.data()).unwrap_or(Value::Null);
+            out.data_mut().insert_value(name.to_owned(), data);
+        }
+    }
+    out
+}
