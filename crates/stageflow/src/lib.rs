@@ -69,3 +69,8 @@ pub use results::{
 };
 pub use stage::{IntoStageResult, Stage, StageKind, StageResult};
 pub use tokio_util::sync::CancellationToken;
+
+/// The README's Rust examples, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
