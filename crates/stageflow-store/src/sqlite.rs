@@ -25,7 +25,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::types::ValueRef;
 use rusqlite::{
@@ -35,11 +35,9 @@ use stageflow::StageStatus;
 use uuid::Uuid;
 
 use crate::codec::decode_output;
-use crate::error::StoreError;
-use crate::record::{
-    from_unix_millis, now_millis, to_unix_millis, RunRecord, RunState, StageRecord,
+use stageflow::store::{
+    from_unix_millis, to_unix_millis, RunRecord, RunState, RunStore, StageRecord, StoreError,
 };
-use crate::RunStore;
 
 /// `PRAGMA application_id` of a Stageflow store: `"SFLW"`.
 const APPLICATION_ID: i64 = 0x5346_4C57;
@@ -456,7 +454,7 @@ impl SqliteStore {
             }
         }
         tx.prepare_cached("UPDATE runs SET updated_at = ?1 WHERE id = ?2")
-            .and_then(|mut stmt| stmt.execute(params![to_unix_millis(now_millis()), run]))
+            .and_then(|mut stmt| stmt.execute(params![to_unix_millis(SystemTime::now()), run]))
             .map_err(|e| self.err("updating the run's time", e))?;
         tx.commit()
             .map_err(|e| self.err("committing stage records", e))
@@ -608,7 +606,7 @@ impl RunStore for SqliteStore {
                 stmt.execute(params![
                     status.as_str(),
                     error,
-                    to_unix_millis(now_millis()),
+                    to_unix_millis(SystemTime::now()),
                     run_id.hyphenated().to_string(),
                 ])
             })
@@ -657,6 +655,74 @@ impl RunStore for SqliteStore {
             stages.push(self.decode_stage(run_id, row)?);
         }
         Ok(stages)
+    }
+
+    fn for_each_stage_state(
+        &self,
+        run_id: Uuid,
+        visit: &mut dyn FnMut(&str, StageStatus),
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction()
+            .map_err(|e| self.err("beginning a read transaction", e))?;
+        let run = run_key(&tx, run_id)
+            .map_err(|e| self.err("looking up the run", e))?
+            .ok_or(StoreError::RunNotFound(run_id))?;
+        let mut stmt = tx
+            .prepare_cached("SELECT stage, status FROM stages WHERE run = ?1 ORDER BY seq")
+            .map_err(|e| self.err("preparing the stage query", e))?;
+        let mut rows = stmt
+            .query([run])
+            .map_err(|e| self.err("loading stage states", e))?;
+        while let Some(row) = rows
+            .next()
+            .map_err(|e| self.err("loading stage states", e))?
+        {
+            let stage = text(row, 0).map_err(|e| self.err("reading a stage state", e))?;
+            let status_text = text(row, 1).map_err(|e| self.err("reading a stage state", e))?;
+            let status = parse_stage_status(status_text).ok_or_else(|| {
+                self.corrupt(format!(
+                    "stage `{stage}` of run {run_id}: bad status: `{status_text}`"
+                ))
+            })?;
+            visit(stage, status);
+        }
+        Ok(())
+    }
+
+    fn load_stage_records(
+        &self,
+        run_id: Uuid,
+        stages: &[&str],
+    ) -> Result<Vec<StageRecord>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction()
+            .map_err(|e| self.err("beginning a read transaction", e))?;
+        let run = run_key(&tx, run_id)
+            .map_err(|e| self.err("looking up the run", e))?
+            .ok_or(StoreError::RunNotFound(run_id))?;
+        // One indexed lookup per stage (the UNIQUE (run, stage) index).
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT stage, status, output, error, attempts, started_at, finished_at, \
+                 duration_ms FROM stages WHERE run = ?1 AND stage = ?2",
+            )
+            .map_err(|e| self.err("preparing the stage query", e))?;
+        let mut records = Vec::with_capacity(stages.len());
+        for stage in stages {
+            let mut rows = stmt
+                .query(params![run, stage])
+                .map_err(|e| self.err("loading a stage record", e))?;
+            if let Some(row) = rows
+                .next()
+                .map_err(|e| self.err("loading a stage record", e))?
+            {
+                records.push(self.decode_stage(run_id, row)?);
+            }
+        }
+        Ok(records)
     }
 
     fn count_stages(&self, run_id: Uuid) -> Result<u64, StoreError> {
@@ -759,7 +825,7 @@ fn classify(path: &Path, op: &'static str, e: rusqlite::Error) -> StoreError {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy {
             path,
             op,
-            source: e,
+            source: Box::new(e),
         },
         _ => match e {
             // A stored value of the wrong type or out of range: damage, not a bug of the caller.
@@ -770,7 +836,11 @@ fn classify(path: &Path, op: &'static str, e: rusqlite::Error) -> StoreError {
                 path,
                 detail: detail(&e),
             },
-            source => StoreError::Sqlite { path, op, source },
+            source => StoreError::Sqlite {
+                path,
+                op,
+                source: Box::new(source),
+            },
         },
     }
 }
@@ -878,10 +948,10 @@ fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<()
     }
     for (index, sql) in migrations.iter().enumerate().skip(current.max(0) as usize) {
         let version = index as u32 + 1;
-        let failed = |source| StoreError::Migration {
+        let failed = |source: rusqlite::Error| StoreError::Migration {
             path: path.to_path_buf(),
             version,
-            source,
+            source: Box::new(source),
         };
         tx.execute_batch(sql).map_err(failed)?;
         tx.pragma_update(None, "user_version", version)

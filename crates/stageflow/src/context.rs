@@ -15,6 +15,7 @@ use smallvec::SmallVec;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use uuid::Uuid;
 
+use crate::cleanup::{CleanupRegistry, IntoCleanupResult};
 use crate::error::{DataError, InputError};
 use crate::graph::GraphInner;
 use crate::observe::runtime::ObsShared;
@@ -46,6 +47,20 @@ pub struct RunIdentity {
     /// Organization the run acts for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org_id: Option<String>,
+    /// For a [subpipeline](crate::subpipeline) run: the run of the stage that started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_run_id: Option<Uuid>,
+    /// For a [subpipeline](crate::subpipeline) run: the outermost run of the tree (`None` for a
+    /// top-level run, which is its own root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_run_id: Option<Uuid>,
+    /// Nesting depth: 0 for a top-level run, parent's depth + 1 for a subpipeline run.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub depth: u32,
+}
+
+fn is_zero(depth: &u32) -> bool {
+    *depth == 0
 }
 
 impl RunIdentity {
@@ -57,6 +72,35 @@ impl RunIdentity {
             session_id: None,
             user_id: None,
             org_id: None,
+            parent_run_id: None,
+            root_run_id: None,
+            depth: 0,
+        }
+    }
+
+    /// The identity of a child run started by this run (a [subpipeline](crate::subpipeline)): a
+    /// fresh run id, this run as parent, this run's root (or this run) as root, depth + 1, and
+    /// the same correlation ids.
+    ///
+    /// ```
+    /// use stageflow::RunIdentity;
+    /// let root = RunIdentity::new().with_request_id("r");
+    /// let child = root.child();
+    /// let grandchild = child.child();
+    /// assert_eq!(grandchild.parent_run_id, Some(child.run_id));
+    /// assert_eq!(grandchild.root_run_id, Some(root.run_id));
+    /// assert_eq!((grandchild.depth, grandchild.request_id.as_deref()), (2, Some("r")));
+    /// ```
+    pub fn child(&self) -> RunIdentity {
+        RunIdentity {
+            run_id: Uuid::now_v7(),
+            request_id: self.request_id.clone(),
+            session_id: self.session_id.clone(),
+            user_id: self.user_id.clone(),
+            org_id: self.org_id.clone(),
+            parent_run_id: Some(self.run_id),
+            root_run_id: Some(self.root_run_id.unwrap_or(self.run_id)),
+            depth: self.depth.saturating_add(1),
         }
     }
 
@@ -132,6 +176,8 @@ pub(crate) struct RunShared {
     pub(crate) timer: RunTimer,
     /// The run's observability state, when anything is observed.
     pub(crate) observe: Option<Arc<ObsShared>>,
+    /// Cleanup actions registered by stages ([`StageContext::on_cleanup`]).
+    pub(crate) cleanup: CleanupRegistry,
 }
 
 /// The outputs of a stage's declared dependencies, in the graph's dependency order.
@@ -156,6 +202,9 @@ pub(crate) type InputOutputs = SmallVec<[Arc<StageOutput>; 2]>;
 /// assert_eq!(report.results().get_data::<i64>("b", "n").unwrap(), 42);
 /// # }
 /// ```
+///
+/// Cloning is cheap (reference counts only); interceptors clone it to run a stage again.
+#[derive(Clone)]
 pub struct StageContext {
     run: Arc<RunShared>,
     stage: u32,
@@ -185,6 +234,11 @@ impl StageContext {
     /// The run's identity.
     pub fn identity(&self) -> &RunIdentity {
         &self.run.identity
+    }
+
+    /// The run's shared state (for the engine's own stages, e.g. subpipelines).
+    pub(crate) fn run_shared(&self) -> &Arc<RunShared> {
+        &self.run
     }
 
     /// Shorthand for `identity().run_id`.
@@ -297,6 +351,56 @@ impl StageContext {
     /// The run's clock.
     pub fn timer(&self) -> &RunTimer {
         &self.run.timer
+    }
+
+    /// Registers a cleanup action, run when the run ends, whether it completed, failed or was
+    /// cancelled: after every stage has finished or been dropped, last registered first, each
+    /// under [`RunOptions::cleanup_timeout`](crate::RunOptions::cleanup_timeout). The action may
+    /// return `()` or a `Result`; errors, panics and timeouts are reported in
+    /// [`RunReport::cleanup_errors`](crate::RunReport::cleanup_errors) (or the same on
+    /// [`RunFailure`](crate::RunFailure)). See [`cleanup`](crate::cleanup).
+    ///
+    /// ```
+    /// use stageflow::{Pipeline, StageContext, StageOutput};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let graph = Pipeline::builder("p")
+    ///     .stage("tmp", |ctx: StageContext| async move {
+    ///         let path = std::env::temp_dir().join(format!("stageflow-{}", ctx.run_id()));
+    ///         std::fs::write(&path, b"scratch")?;
+    ///         ctx.on_cleanup("remove scratch file", move || async move { std::fs::remove_file(path) });
+    ///         Ok::<_, std::io::Error>(StageOutput::ok())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let report = graph.run(()).await.unwrap();
+    /// assert!(report.cleanup_errors().is_empty());
+    /// # }
+    /// ```
+    pub fn on_cleanup<F, Fut>(&self, name: impl Into<String>, action: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future + Send + 'static,
+        Fut::Output: IntoCleanupResult,
+    {
+        self.run
+            .cleanup
+            .register(self.stage_name(), name.into(), action);
+    }
+
+    /// Emits a lifecycle event of `kind` for this stage (used by interceptors, e.g.
+    /// `stage.<name>.retried`). Returns whether a sink took it.
+    pub(crate) fn emit_lifecycle(&self, kind: EventKind, data: Value) -> bool {
+        let Some(obs) = &self.run.observe else {
+            return false;
+        };
+        if obs.sink.is_none() {
+            return false;
+        }
+        let event = obs
+            .event(kind)
+            .with_stage(self.stage_name(), self.kind())
+            .with_data(data);
+        obs.emit_external(event)
     }
 
     /// Emits a custom event right away to the run's event sink (see

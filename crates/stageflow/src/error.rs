@@ -194,6 +194,10 @@ pub enum ErrorCode {
     NoCurrentStage,
     /// `SF008`: two composed pipelines define the same stage differently.
     ComposeConflict,
+    /// `SF009`: an interceptor or guard retry does not fit the pipeline (it names a stage that
+    /// does not exist, or a guard retry is set on a stage that is not a guard or names a producer
+    /// that is not one of its dependencies).
+    InvalidPolicy,
 }
 
 impl ErrorCode {
@@ -208,6 +212,7 @@ impl ErrorCode {
             ErrorCode::Cycle => "SF006",
             ErrorCode::NoCurrentStage => "SF007",
             ErrorCode::ComposeConflict => "SF008",
+            ErrorCode::InvalidPolicy => "SF009",
         }
     }
 }

@@ -32,14 +32,19 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+mod resilience;
+
 use crate::context::{ConditionInputs, InputOutputs, RunShared, RunTimer, StageContext};
+use crate::durable::hooks::RunExt;
 use crate::graph::{Graph, GraphInner};
 use crate::observe::runtime::{ObsShared, Observer, Outcome};
 use crate::output::{StageOutput, StageStatus};
 use crate::results::{
     FailureCause, Results, Retention, RunFailure, RunOptions, RunReport, RunStats, RunStatus,
+    StageFailure, UpstreamSkip,
 };
 use crate::stage::StageResult;
+use resilience::Resilience;
 
 /// How many stages the driver completes inline before yielding to the scheduler, so a long chain
 /// never monopolizes a worker thread.
@@ -49,6 +54,9 @@ const INLINE_YIELD_EVERY: u32 = 256;
 pub const UPSTREAM_SKIPPED: &str = "all upstream stages skipped";
 /// Reason given to stages whose condition returned false.
 pub const CONDITION_NOT_MET: &str = "condition not met";
+/// Reason given, under [`FailurePolicy::Continue`](crate::FailurePolicy::Continue), to stages
+/// downstream of a failed stage.
+pub const UPSTREAM_FAILED: &str = "upstream failed";
 
 /// How a stage execution ended, before the executor interprets it.
 enum Finished {
@@ -75,7 +83,7 @@ impl Finished {
     }
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -92,13 +100,17 @@ enum Stop {
 }
 
 /// Per-stage, per-run state: 16 bytes a stage.
-struct NodeState {
+pub(crate) struct NodeState {
     /// Dependencies that have not finished yet.
-    pending_deps: u32,
+    pub(crate) pending_deps: u32,
     /// Dependents that have not started yet (they take their inputs when they start).
-    pending_consumers: u32,
-    output: Option<Arc<StageOutput>>,
+    pub(crate) pending_consumers: u32,
+    pub(crate) output: Option<Arc<StageOutput>>,
 }
+
+/// `pending_deps` of a stage restored from a checkpoint: so large that finishing dependencies
+/// never brings it to zero, so it never becomes ready (it is done already).
+pub(crate) const RESTORED: u32 = u32::MAX;
 
 type StageFuture = futures_util::future::CatchUnwind<
     AssertUnwindSafe<futures_util::future::BoxFuture<'static, StageResult>>,
@@ -119,6 +131,11 @@ struct Run {
     /// points where the driver yields or waits (every few hundred inline stages, before each
     /// wait for a task), never per stage.
     publish: Option<Arc<ObsShared>>,
+    /// Checkpoint recording and segment gating (see [`crate::durable`], [`crate::segment`]);
+    /// `None` for plain runs (then it costs one not-taken branch per stage start and end).
+    ext: Option<Box<RunExt>>,
+    /// Failure policy, cancel grace period, cleanup and guard retry state.
+    res: Resilience,
 }
 
 impl Graph {
@@ -155,6 +172,17 @@ impl Graph {
         input: impl Into<Value>,
         options: RunOptions,
     ) -> Result<RunReport, RunFailure> {
+        self.run_extended(input.into(), options, None).await
+    }
+
+    /// [`run_with`](Self::run_with), with checkpointing, restored stages or segments attached.
+    #[allow(clippy::result_large_err)]
+    pub(crate) async fn run_extended(
+        &self,
+        input: Value,
+        options: RunOptions,
+        ext: Option<Box<RunExt>>,
+    ) -> Result<RunReport, RunFailure> {
         let graph = self.inner.clone();
         let cancel = match &options.cancel {
             Some(parent) => parent.child_token(),
@@ -166,12 +194,17 @@ impl Graph {
         let shared = Arc::new(RunShared {
             graph: graph.clone(),
             identity,
-            input: input.into(),
+            input,
             cancel,
             timer,
             observe: obs.as_ref().map(|o| o.shared()),
+            cleanup: Default::default(),
         });
         let mut run = Run::new(graph, shared, options.retention);
+        run.res.configure(&options, &run.graph);
+        if let Some(ext) = ext {
+            run.attach(ext);
+        }
         let max_concurrency = options.max_concurrency.unwrap_or(usize::MAX);
         let Some(mut obs) = obs else {
             run.drive(max_concurrency).await;
@@ -231,7 +264,57 @@ impl Run {
             stop: None,
             obs: None,
             publish: None,
+            ext: None,
+            res: Resilience::default(),
         }
+    }
+
+    /// Attaches checkpointing / segments, first marking the stages restored from a checkpoint as
+    /// done: their outputs are preloaded, their dependents' counters drop, and they never start.
+    /// Linear in the number of stages; plain runs never come here.
+    fn attach(&mut self, mut ext: Box<RunExt>) {
+        let restored = std::mem::take(&mut ext.restored);
+        if !restored.is_empty() {
+            let graph = &*self.graph;
+            for (idx, output) in restored {
+                let i = idx as usize;
+                if self.state[i].pending_deps == RESTORED {
+                    continue; // listed twice
+                }
+                self.state[i].pending_deps = RESTORED;
+                for &d in graph.deps(idx) {
+                    // A restored stage never starts, so it never takes its inputs.
+                    self.state[d as usize].pending_consumers -= 1;
+                }
+                for &j in graph.dependents(idx) {
+                    let s = &mut self.state[j as usize];
+                    if s.pending_deps != RESTORED {
+                        s.pending_deps -= 1;
+                    }
+                }
+                if output.is_skipped() {
+                    self.stats.skipped += 1;
+                } else {
+                    self.stats.succeeded += 1;
+                }
+                self.state[i].output = Some(output);
+            }
+            let sinks_only = self.retention == Retention::Sinks;
+            self.ready.clear();
+            for (i, s) in self.state.iter_mut().enumerate() {
+                if s.pending_deps == 0 {
+                    self.ready.push_back(i as u32);
+                } else if s.pending_deps == RESTORED
+                    && s.pending_consumers == 0
+                    && sinks_only
+                    && !graph.dependents(i as u32).is_empty()
+                {
+                    s.output = None; // nothing left to run needs it
+                }
+            }
+        }
+        ext.attach(&self.graph, &mut self.state, &mut self.ready);
+        self.ext = Some(ext);
     }
 
     async fn drive(&mut self, max_concurrency: usize) {
@@ -283,6 +366,15 @@ impl Run {
                 running += 1;
                 tasks.spawn(async move { (idx, Finished::from(fut.await)) });
             }
+            // Guard retry re-runs (see `resilience`), queued by `complete`.
+            if !self.res.respawn.is_empty() {
+                for (idx, fut) in self.res.respawn.drain(..) {
+                    if self.stop.is_none() {
+                        running += 1;
+                        tasks.spawn(async move { (idx, Finished::from(fut.await)) });
+                    }
+                }
+            }
 
             if running == 0 {
                 if self.stop.is_some() || self.ready.is_empty() {
@@ -312,25 +404,43 @@ impl Run {
             }
         }
 
-        // Stopped early: tell running stages, abort them, and wait until they are gone.
+        // Stopped early: tell running stages, give them the grace period, then abort them, and
+        // wait until they are gone.
         if self.stop.is_some() {
             self.shared.cancel.cancel();
         }
-        if running > 0 {
+        if running > 0 && !self.res.grace.is_zero() {
+            let deadline = tokio::time::Instant::now() + self.res.grace;
+            while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, tasks.join_next()).await
+            {
+                self.settle(joined);
+            }
+        }
+        if !tasks.is_empty() {
             tasks.abort_all();
             while let Some(joined) = tasks.join_next().await {
-                match joined {
-                    // Finished before the abort landed: keep its output, start nothing after it.
-                    Ok((idx, Finished::Returned(Ok(out)))) if !out.status().is_failure() => {
-                        if let Some(obs) = self.obs.as_deref_mut() {
-                            obs.stage_done(idx, Outcome::Output(&out));
-                        }
-                        self.count_output(&out);
-                        self.state[idx as usize].output = Some(Arc::new(out));
-                    }
-                    _ => self.stats.cancelled += 1,
-                }
+                self.settle(joined);
             }
+        }
+        // Every stage is finished or dropped: run the cleanup actions, last registered first.
+        if !self.shared.cleanup.is_empty() {
+            self.res.cleanup_errors = self.shared.cleanup.run_all(self.res.cleanup_timeout).await;
+        }
+    }
+
+    /// A stage task that ended after the run stopped.
+    fn settle(&mut self, joined: Result<(u32, Finished), tokio::task::JoinError>) {
+        match joined {
+            // Finished before the abort landed (or within the grace period): keep its output,
+            // start nothing after it.
+            Ok((idx, Finished::Returned(Ok(out)))) if !out.status().is_failure() => {
+                if let Some(obs) = self.obs.as_deref_mut() {
+                    obs.stage_done(idx, Outcome::Output(&out));
+                }
+                self.count_output(&out);
+                self.state[idx as usize].output = Some(Arc::new(out));
+            }
+            _ => self.stats.cancelled += 1,
         }
     }
 
@@ -338,6 +448,9 @@ impl Run {
     /// skipped (all inputs skipped, or condition false) or its condition fails.
     fn start(&mut self, idx: u32) -> Option<StageFuture> {
         self.stats.started += 1;
+        if let Some(ext) = self.ext.as_deref_mut() {
+            ext.started(idx);
+        }
         let graph = &*self.graph;
         let deps = graph.deps(idx);
         let mut inputs = InputOutputs::with_capacity(deps.len());
@@ -355,12 +468,31 @@ impl Run {
                 dep.output = None;
             }
         }
+        // Under `FailurePolicy::Continue`: skip it if a stage upstream failed.
+        let failed_upstream = if self.res.continue_on_failure {
+            deps.iter()
+                .zip(&inputs)
+                .find_map(|(&d, output)| self.res.failed_root(d, output))
+        } else {
+            None
+        };
+        if let Some(root) = failed_upstream {
+            self.res.skipped_because(idx, root);
+            self.complete(
+                idx,
+                Finished::Returned(Ok(StageOutput::skip(UPSTREAM_FAILED))),
+            );
+            return None;
+        }
         if all_skipped {
             self.complete(
                 idx,
                 Finished::Returned(Ok(StageOutput::skip(UPSTREAM_SKIPPED))),
             );
             return None;
+        }
+        if let Some(guards) = self.res.guards.as_deref_mut() {
+            guards.stash(graph, idx, &inputs);
         }
         let node = &graph.nodes[idx as usize];
         let ctx = StageContext::new(self.shared.clone(), idx, inputs);
@@ -397,6 +529,16 @@ impl Run {
             // Started event, span (the future is created and polled inside it), allocations.
             Some(obs) => obs.start_stage(idx, move || stage.execute_shared(ctx)),
         };
+        self.launched(idx, fut)
+    }
+
+    /// Wraps a freshly created stage future, or completes the stage as panicked if creating it
+    /// panicked.
+    fn launched(
+        &mut self,
+        idx: u32,
+        fut: std::thread::Result<futures_util::future::BoxFuture<'static, StageResult>>,
+    ) -> Option<StageFuture> {
         match fut {
             Ok(fut) => Some(AssertUnwindSafe(fut).catch_unwind()),
             Err(payload) => {
@@ -411,6 +553,16 @@ impl Run {
         if let Some(obs) = self.obs.as_deref_mut() {
             obs.stage_done(idx, finished.outcome());
         }
+        if self.res.guards.is_some() {
+            // A guard's failure may re-run its producer instead of failing; see `resilience`.
+            return self.complete_guarded(idx, finished);
+        }
+        self.record(idx, finished, None);
+    }
+
+    /// The body of [`complete`](Self::complete). `held`: a guarded producer's guard, the only
+    /// dependent to release now (see `resilience`).
+    fn record(&mut self, idx: u32, finished: Finished, held: Option<u32>) {
         let output = match finished {
             Finished::Returned(Ok(output)) => output,
             Finished::Returned(Err(err)) => {
@@ -445,6 +597,11 @@ impl Run {
         self.count_output(&output);
         let graph = &*self.graph;
         for &j in graph.dependents(idx) {
+            // A producer under guard retry releases only its guard for now; the others wait for
+            // the guard's verdict.
+            if held.is_some_and(|guard| guard != j) {
+                continue;
+            }
             let s = &mut self.state[j as usize];
             s.pending_deps -= 1;
             if s.pending_deps == 0 {
@@ -452,6 +609,9 @@ impl Run {
             }
         }
         self.state[idx as usize].output = Some(Arc::new(output));
+        if let Some(ext) = self.ext.as_deref_mut() {
+            ext.finished(idx, &self.shared, &mut self.state, &mut self.ready);
+        }
     }
 
     fn count_output(&mut self, output: &StageOutput) {
@@ -464,6 +624,23 @@ impl Run {
 
     fn fail(&mut self, idx: u32, cause: FailureCause) {
         self.stats.failed += 1;
+        if self.res.continue_on_failure && self.stop.is_none() {
+            // Keep going: record the failure as the stage's output and release its dependents,
+            // which `start` then skips as "upstream failed".
+            self.state[idx as usize].output = Some(Arc::new(StageOutput::fail(cause.to_string())));
+            self.res.failures.push((idx, cause));
+            let graph = &*self.graph;
+            for &j in graph.dependents(idx) {
+                let s = &mut self.state[j as usize];
+                s.pending_deps -= 1;
+                if s.pending_deps == 0 {
+                    self.ready.push_back(j);
+                }
+            }
+            self.guard_failed(idx);
+            return;
+        }
+        self.res.failures.push((idx, cause.clone()));
         if !matches!(self.stop, Some(Stop::Failed { .. })) {
             self.stop = Some(Stop::Failed { stage: idx, cause });
         }
@@ -499,9 +676,26 @@ impl Run {
             shared,
             state,
             stats,
-            stop,
+            mut stop,
+            res,
             ..
         } = self;
+        let Resilience {
+            failures,
+            skipped_upstream,
+            cleanup_errors,
+            ..
+        } = res;
+        // Under `FailurePolicy::Continue` the run went on after its failures; it still ends as a
+        // failure, for the first one.
+        if !matches!(stop, Some(Stop::Failed { .. })) {
+            if let Some((stage, cause)) = failures.first() {
+                stop = Some(Stop::Failed {
+                    stage: *stage,
+                    cause: cause.clone(),
+                });
+            }
+        }
         // Under `Retention::Sinks` a stopped run may still hold outputs its unstarted dependents
         // were waiting for; the policy promises sinks only, so those are dropped here.
         let entries = state
@@ -524,6 +718,7 @@ impl Run {
                 stats,
                 duration,
                 observability: None,
+                cleanup_errors,
             }),
             Some(Stop::Cancelled { stage, reason }) => Ok(RunReport {
                 identity,
@@ -535,6 +730,7 @@ impl Run {
                 stats,
                 duration,
                 observability: None,
+                cleanup_errors,
             }),
             Some(Stop::Failed { stage, cause }) => Err(RunFailure {
                 identity,
@@ -544,6 +740,21 @@ impl Run {
                 stats,
                 duration,
                 observability: None,
+                failures: failures
+                    .into_iter()
+                    .map(|(i, cause)| StageFailure {
+                        stage: graph.name(i).to_owned(),
+                        cause,
+                    })
+                    .collect(),
+                skipped_upstream: skipped_upstream
+                    .into_iter()
+                    .map(|(i, root)| UpstreamSkip {
+                        stage: graph.name(i).to_owned(),
+                        failed: graph.name(root).to_owned(),
+                    })
+                    .collect(),
+                cleanup_errors,
             }),
         }
     }

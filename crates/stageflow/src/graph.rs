@@ -12,6 +12,7 @@ use std::sync::Arc;
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 use crate::error::{BuildError, ErrorCode, ValidationError};
+use crate::intercept::{self, GuardRetry, Intercepted, Registration, Scope};
 use crate::pipeline::{Condition, StageSpec};
 use crate::stage::{SharedStage, StageKind};
 
@@ -121,6 +122,15 @@ pub(crate) struct Node {
     pub(crate) stage: SharedStage,
     pub(crate) kind: StageKind,
     pub(crate) condition: Option<Condition>,
+    /// The resolved interceptor chain, when the stage has one (then `stage` is this, wrapped).
+    pub(crate) intercepted: Option<Arc<Intercepted>>,
+}
+
+/// A guard with a [`GuardRetry`] policy, resolved at build time.
+pub(crate) struct GuardPlan {
+    pub(crate) guard: u32,
+    pub(crate) producer: u32,
+    pub(crate) policy: GuardRetry,
 }
 
 /// The shared, immutable body of a [`Graph`].
@@ -130,6 +140,8 @@ pub(crate) struct GraphInner {
     pub(crate) nodes: Vec<Node>,
     deps: Csr,
     dependents: Csr,
+    /// Guards with a retry policy (usually none).
+    pub(crate) guards: Vec<GuardPlan>,
 }
 
 impl GraphInner {
@@ -260,6 +272,19 @@ impl Graph {
         order.iter().map(|&i| self.inner.name(i)).collect()
     }
 
+    /// Names of the interceptors around stage `name`, outermost first (empty when none), or
+    /// `None` if there is no such stage. See [`intercept`](mod@crate::intercept).
+    pub fn interceptors_of(&self, name: &str) -> Option<Vec<&str>> {
+        let idx = self.inner.index_of(name)?;
+        Some(
+            self.inner.nodes[idx as usize]
+                .intercepted
+                .as_deref()
+                .map(|i| i.names().collect())
+                .unwrap_or_default(),
+        )
+    }
+
     /// Approximate heap bytes used by the graph structure itself (names, adjacency, node table),
     /// not counting the stage objects it points to.
     pub fn structure_bytes(&self) -> usize {
@@ -274,6 +299,7 @@ impl Graph {
         name: String,
         specs: Vec<StageSpec>,
         mut errors: Vec<ValidationError>,
+        interceptors: &[Registration],
     ) -> Result<Graph, BuildError> {
         let fail = |mut errors: Vec<ValidationError>, name: String| {
             errors.truncate(BuildError::MAX_ERRORS);
@@ -393,6 +419,27 @@ impl Graph {
             }
             offsets.push(edges.len() as u32);
         }
+        // Interceptors scoped to stages that do not exist.
+        for reg in interceptors {
+            if let Scope::Stages(stages) = &reg.scope {
+                for stage in stages {
+                    if names.find(stage).is_none() && !too_many(&errors) {
+                        let hint = nearest_name(&specs, stage)
+                            .map(|n| format!("; did you mean `{n}`?"))
+                            .unwrap_or_default();
+                        errors.push(ValidationError::new(
+                            ErrorCode::InvalidPolicy,
+                            Some(stage),
+                            format!(
+                                "interceptor `{}` is registered for stage `{stage}`, which does not exist{hint}",
+                                reg.interceptor.name()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let guards = guard_plans(&specs, &names, &offsets, &edges, &mut errors);
         if !errors.is_empty() {
             return fail(errors, name);
         }
@@ -425,10 +472,29 @@ impl Graph {
 
         let nodes = specs
             .into_iter()
-            .map(|spec| Node {
-                kind: spec.kind.unwrap_or_else(|| spec.stage.kind()),
-                stage: spec.stage,
-                condition: spec.condition,
+            .enumerate()
+            .map(|(i, spec)| {
+                let kind = spec.kind.unwrap_or_else(|| spec.stage.kind());
+                let own = spec
+                    .policy
+                    .as_deref()
+                    .map_or(&[][..], |p| &p.interceptors[..]);
+                let intercepted = intercept::resolve(
+                    &spec.stage,
+                    names.get_name(i as u32),
+                    kind,
+                    interceptors,
+                    own,
+                );
+                Node {
+                    kind,
+                    stage: match &intercepted {
+                        Some(wrapped) => wrapped.clone(),
+                        None => spec.stage,
+                    },
+                    condition: spec.condition,
+                    intercepted,
+                }
             })
             .collect();
         Ok(Graph {
@@ -438,9 +504,81 @@ impl Graph {
                 nodes,
                 deps,
                 dependents,
+                guards,
             }),
         })
     }
+}
+
+/// Validates and resolves the guard retry policies: the stage must be a guard, and the producer
+/// a direct dependency (the single one, unless named), guarded by no other policy.
+fn guard_plans(
+    specs: &[StageSpec],
+    names: &NameTable,
+    offsets: &[u32],
+    edges: &[u32],
+    errors: &mut Vec<ValidationError>,
+) -> Vec<GuardPlan> {
+    let mut plans: Vec<GuardPlan> = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let Some(policy) = spec.policy.as_deref().and_then(|p| p.guard_retry.as_ref()) else {
+            continue;
+        };
+        let mut problem = |message: String| {
+            if errors.len() < BuildError::MAX_ERRORS {
+                errors.push(ValidationError::new(
+                    ErrorCode::InvalidPolicy,
+                    Some(&spec.name),
+                    message,
+                ));
+            }
+        };
+        if spec.effective_kind() != StageKind::Guard {
+            problem(format!(
+                "stage `{}` has a guard retry policy but is of kind `{}`; guard retry needs kind `guard`",
+                spec.name,
+                spec.effective_kind()
+            ));
+            continue;
+        }
+        let deps = &edges[offsets[i] as usize..offsets[i + 1] as usize];
+        let producer = match &policy.producer {
+            Some(p) => match names.find(p) {
+                Some(d) if deps.contains(&d) => Some(d),
+                _ => {
+                    problem(format!(
+                        "guard `{}` retries `{p}`, which is not one of its dependencies",
+                        spec.name
+                    ));
+                    None
+                }
+            },
+            None if deps.len() == 1 => Some(deps[0]),
+            None => {
+                problem(format!(
+                    "guard `{}` has {} dependencies; name the one to re-run with `GuardRetry::producer`",
+                    spec.name,
+                    deps.len()
+                ));
+                None
+            }
+        };
+        let Some(producer) = producer else { continue };
+        if let Some(other) = plans.iter().find(|p| p.producer == producer) {
+            problem(format!(
+                "stage `{}` is already re-run by guard `{}`; a stage can be retried by one guard only",
+                names.get_name(producer),
+                names.get_name(other.guard)
+            ));
+            continue;
+        }
+        plans.push(GuardPlan {
+            guard: i as u32,
+            producer,
+            policy: policy.clone(),
+        });
+    }
+    plans
 }
 
 /// Kahn's algorithm: a topological order of the nodes it can order (all of them iff acyclic).

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use crate::context::ConditionInputs;
 use crate::error::{BuildError, ErrorCode, StageError, ValidationError};
 use crate::graph::Graph;
+use crate::intercept::{GuardRetry, Interceptor, Registration, Retry, RetryPolicy, Scope, Timeout};
 use crate::stage::{SharedStage, Stage, StageKind};
 
 /// A predicate deciding whether a stage runs; see [`Pipeline::when`].
@@ -125,6 +126,15 @@ pub struct StageSpec {
     pub(crate) kind: Option<StageKind>,
     pub(crate) deps: Vec<String>,
     pub(crate) condition: Option<Condition>,
+    /// Stage-level interceptors and guard retry; boxed so specs without them stay small.
+    pub(crate) policy: Option<Box<SpecPolicy>>,
+}
+
+/// The stage-level interceptors and guard retry of a [`StageSpec`].
+#[derive(Clone, Default)]
+pub(crate) struct SpecPolicy {
+    pub(crate) interceptors: Vec<Arc<dyn Interceptor>>,
+    pub(crate) guard_retry: Option<GuardRetry>,
 }
 
 impl StageSpec {
@@ -142,7 +152,36 @@ impl StageSpec {
             kind: None,
             deps: Vec::new(),
             condition: None,
+            policy: None,
         }
+    }
+
+    fn policy_mut(&mut self) -> &mut SpecPolicy {
+        self.policy.get_or_insert_with(Box::default)
+    }
+
+    /// Adds an interceptor around this stage only (see [`intercept`](crate::intercept)). It
+    /// replaces a pipeline-level interceptor with the same [`name`](Interceptor::name).
+    pub fn interceptor(mut self, interceptor: impl Interceptor) -> Self {
+        self.policy_mut().interceptors.push(Arc::new(interceptor));
+        self
+    }
+
+    /// Fails this stage when one execution takes longer than `limit`; see [`Timeout`].
+    pub fn timeout(self, limit: std::time::Duration) -> Self {
+        self.interceptor(Timeout::new(limit))
+    }
+
+    /// Retries this stage on retryable failures; see [`Retry`].
+    pub fn retry(self, policy: RetryPolicy) -> Self {
+        self.interceptor(Retry::new(policy))
+    }
+
+    /// Re-runs this guard's producer and then the guard when the guard fails; see
+    /// [`GuardRetry`].
+    pub fn guard_retry(mut self, policy: GuardRetry) -> Self {
+        self.policy_mut().guard_retry = Some(policy);
+        self
     }
 
     /// Adds dependencies: this stage starts only after all of them have finished.
@@ -194,7 +233,20 @@ impl StageSpec {
         a.dedup();
         b.sort_unstable();
         b.dedup();
+        let same_policy = match (&self.policy, &other.policy) {
+            (None, None) => true,
+            (Some(x), Some(y)) => {
+                x.guard_retry == y.guard_retry
+                    && x.interceptors.len() == y.interceptors.len()
+                    && x.interceptors
+                        .iter()
+                        .zip(&y.interceptors)
+                        .all(|(a, b)| Arc::ptr_eq(a, b))
+            }
+            _ => false,
+        };
         self.name == other.name
+            && same_policy
             && Arc::ptr_eq(&self.stage, &other.stage)
             && self.effective_kind() == other.effective_kind()
             && a == b
@@ -213,6 +265,14 @@ impl std::fmt::Debug for StageSpec {
             .field("kind", &self.effective_kind())
             .field("deps", &self.deps)
             .field("conditional", &self.condition.is_some())
+            .field(
+                "interceptors",
+                &self
+                    .policy
+                    .as_ref()
+                    .map(|p| p.interceptors.iter().map(|i| i.name()).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            )
             .finish()
     }
 }
@@ -231,6 +291,8 @@ pub struct Pipeline {
     /// Problems found while building the definition (misplaced modifiers, compose conflicts);
     /// reported by [`build`](Self::build) together with the graph checks.
     errors: Vec<ValidationError>,
+    /// Pipeline-level interceptors, in registration order.
+    interceptors: Vec<Registration>,
 }
 
 impl Pipeline {
@@ -240,6 +302,7 @@ impl Pipeline {
             name: name.into(),
             specs: Vec::new(),
             errors: Vec::new(),
+            interceptors: Vec::new(),
         }
     }
 
@@ -353,6 +416,82 @@ impl Pipeline {
         let condition: Condition =
             Arc::new(move |inputs| condition(inputs).into_condition_result());
         self.modify_last("when", |spec| spec.condition = Some(condition))
+    }
+
+    /// Runs `interceptor` around every stage of the pipeline (also stages added later). See
+    /// [`intercept`](crate::intercept) for ordering and cost.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stageflow::intercept::{CircuitBreaker, RetryPolicy, Retry, Timeout};
+    /// use stageflow::{Pipeline, StageContext, StageOutput};
+    /// let graph = Pipeline::builder("p")
+    ///     .intercept(Timeout::new(Duration::from_secs(30)))
+    ///     .intercept(Retry::new(RetryPolicy::attempts(3)))
+    ///     .intercept(CircuitBreaker::new(5, Duration::from_secs(60)))
+    ///     .stage("a", |_ctx: StageContext| async { StageOutput::ok() })
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(graph.interceptors_of("a").unwrap(), ["circuit_breaker", "retry", "timeout"]);
+    /// ```
+    pub fn intercept(mut self, interceptor: impl Interceptor) -> Self {
+        self.interceptors.push(Registration {
+            scope: Scope::All,
+            interceptor: Arc::new(interceptor),
+        });
+        self
+    }
+
+    /// Runs `interceptor` around the named stages only. Naming a stage that does not exist is an
+    /// [`InvalidPolicy`](ErrorCode::InvalidPolicy) error at build time.
+    pub fn intercept_stages(
+        mut self,
+        stages: impl IntoDeps,
+        interceptor: impl Interceptor,
+    ) -> Self {
+        self.interceptors.push(Registration {
+            scope: Scope::Stages(stages.into_deps()),
+            interceptor: Arc::new(interceptor),
+        });
+        self
+    }
+
+    /// Runs `interceptor` around every stage of kind `kind`.
+    pub fn intercept_kind(mut self, kind: StageKind, interceptor: impl Interceptor) -> Self {
+        self.interceptors.push(Registration {
+            scope: Scope::Kind(kind),
+            interceptor: Arc::new(interceptor),
+        });
+        self
+    }
+
+    /// Runs `interceptor` around the most recently added stage only; it replaces a
+    /// pipeline-level interceptor with the same [`name`](Interceptor::name).
+    pub fn interceptor(self, interceptor: impl Interceptor) -> Self {
+        let interceptor: Arc<dyn Interceptor> = Arc::new(interceptor);
+        self.modify_last("interceptor", |spec| {
+            spec.policy_mut().interceptors.push(interceptor)
+        })
+    }
+
+    /// Fails the most recently added stage when one execution takes longer than `limit`, with
+    /// `"timed out after <limit>"`; see [`Timeout`]. Overrides a pipeline-wide timeout.
+    pub fn timeout(self, limit: std::time::Duration) -> Self {
+        self.interceptor(Timeout::new(limit))
+    }
+
+    /// Retries the most recently added stage on retryable failures; see [`Retry`]. Overrides a
+    /// pipeline-wide retry.
+    pub fn retry(self, policy: RetryPolicy) -> Self {
+        self.interceptor(Retry::new(policy))
+    }
+
+    /// Makes the most recently added stage (a [`StageKind::Guard`]) re-run its producer and then
+    /// itself when it fails; see [`GuardRetry`].
+    pub fn guard_retry(self, policy: GuardRetry) -> Self {
+        self.modify_last("guard_retry", |spec| {
+            spec.policy_mut().guard_retry = Some(policy)
+        })
     }
 
     /// Adds `count` stages from `factory(0..count)`, each depending on the one before. The first
@@ -508,9 +647,11 @@ impl Pipeline {
     }
 
     /// Merges `other` into this pipeline. Stages defined identically in both (same stage object,
-    /// kind, dependencies and condition) appear once; a name defined differently in each is a
+    /// kind, dependencies, condition and stage-level interceptors) appear once; a name defined
+    /// differently in each is a
     /// [`ComposeConflict`](ErrorCode::ComposeConflict) reported by [`build`](Self::build). The
-    /// result is named `"<self>+<other>"`.
+    /// result is named `"<self>+<other>"`. `other`'s pipeline-level interceptors are added after
+    /// this pipeline's, and apply to the whole composed pipeline in their scope.
     pub fn compose(mut self, other: Pipeline) -> Self {
         let mut index: hashbrown::HashMap<&str, usize> =
             hashbrown::HashMap::with_capacity(self.specs.len());
@@ -539,6 +680,7 @@ impl Pipeline {
         self.errors.extend(errors);
         self.errors.extend(other.errors);
         self.errors.truncate(BuildError::MAX_ERRORS);
+        self.interceptors.extend(other.interceptors);
         self.name = format!("{}+{}", self.name, other.name);
         self
     }
@@ -549,6 +691,6 @@ impl Pipeline {
     /// missing dependencies (with the nearest existing name), self-dependencies and cycles (one
     /// cycle printed as a path). All problems are reported together.
     pub fn build(self) -> Result<Graph, BuildError> {
-        Graph::from_definition(self.name, self.specs, self.errors)
+        Graph::from_definition(self.name, self.specs, self.errors, &self.interceptors)
     }
 }

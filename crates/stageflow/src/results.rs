@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::cleanup::CleanupError;
 use crate::context::RunIdentity;
 use crate::error::DataError;
 use crate::graph::GraphInner;
@@ -32,8 +33,31 @@ pub enum Retention {
     Sinks,
 }
 
+/// What a run does when a stage fails.
+///
+/// ```
+/// use stageflow::{FailurePolicy, RunOptions};
+/// let opts = RunOptions::new().failure_policy(FailurePolicy::Continue);
+/// # let _ = opts;
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Stop at the first failure (the default): no new stage starts, running stages are cancelled,
+    /// and the run returns a [`RunFailure`] for that stage.
+    #[default]
+    FailFast,
+    /// Keep going: every stage downstream of a failed stage is skipped with reason
+    /// [`UPSTREAM_FAILED`](crate::executor::UPSTREAM_FAILED) (`"upstream failed"`), and independent
+    /// branches run to the end. If anything failed, the run returns a [`RunFailure`] naming the
+    /// first failure, with every failure in [`RunFailure::failures`], the stages skipped because
+    /// of them in [`RunFailure::skipped_upstream`], and the outputs of every stage that finished
+    /// (the failed ones as `fail` outputs) in [`RunFailure::partial_results`]. A run with no
+    /// failure returns a [`RunReport`] as usual.
+    Continue,
+}
+
 /// Options for one run. The defaults are: a fresh [`RunIdentity`], unlimited concurrency, keep all
-/// outputs, and no external cancellation.
+/// outputs, no external cancellation, fail-fast, no cancel grace period, 5 s per cleanup action.
 ///
 /// ```
 /// use stageflow::{Retention, RunOptions};
@@ -48,7 +72,13 @@ pub struct RunOptions {
     pub(crate) cancel: Option<CancellationToken>,
     /// Observability settings; `None` (one null pointer) when nothing is observed.
     pub(crate) observe: Option<Box<ObserveConfig>>,
+    pub(crate) failure_policy: FailurePolicy,
+    pub(crate) cancel_grace: Duration,
+    pub(crate) cleanup_timeout: Option<Duration>,
 }
+
+/// Default time limit of one cleanup action.
+pub(crate) const DEFAULT_CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl RunOptions {
     /// Default options.
@@ -80,11 +110,40 @@ impl RunOptions {
     }
 
     /// Cancels the run when `token` is cancelled: no new stage starts, the run's own token fires
-    /// (stages waiting on [`StageContext::cancelled`](crate::StageContext::cancelled) wake up),
-    /// and running stages are dropped at their next await point. The run returns with
-    /// [`RunStatus::Cancelled`] and the partial results.
+    /// (stages waiting on [`StageContext::cancelled`](crate::StageContext::cancelled) wake up at
+    /// once), running stages get the [grace period](Self::cancel_grace) to finish and are then
+    /// dropped. The run returns with [`RunStatus::Cancelled`] and the partial results (including
+    /// the outputs of stages that finished within the grace period).
     pub fn cancel_token(mut self, token: CancellationToken) -> Self {
         self.cancel = Some(token);
+        self
+    }
+
+    /// How long running stages may take to finish once the run stops (cancelled, or failed
+    /// fail-fast) before they are dropped. Default: zero, they are dropped at once (at their
+    /// next await point). Stages that finish within the grace period keep their outputs (when
+    /// successful); nothing new starts meanwhile. Cleanup actions run after that either way.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let opts = stageflow::RunOptions::new().cancel_grace(Duration::from_millis(500));
+    /// # let _ = opts;
+    /// ```
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+
+    /// What to do when a stage fails; see [`FailurePolicy`].
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.failure_policy = policy;
+        self
+    }
+
+    /// Time limit of each cleanup action registered with
+    /// [`StageContext::on_cleanup`](crate::StageContext::on_cleanup) (default 5 s).
+    pub fn cleanup_timeout(mut self, timeout: Duration) -> Self {
+        self.cleanup_timeout = Some(timeout);
         self
     }
 
@@ -294,9 +353,16 @@ pub struct RunReport {
     pub(crate) stats: RunStats,
     pub(crate) duration: Duration,
     pub(crate) observability: Option<Box<ObservabilityReport>>,
+    pub(crate) cleanup_errors: Vec<CleanupError>,
 }
 
 impl RunReport {
+    /// Cleanup actions that failed, panicked or timed out (see
+    /// [`StageContext::on_cleanup`](crate::StageContext::on_cleanup)); empty when all succeeded.
+    pub fn cleanup_errors(&self) -> &[CleanupError] {
+        &self.cleanup_errors
+    }
+
     /// The run's identity.
     pub fn identity(&self) -> &RunIdentity {
         &self.identity
@@ -406,9 +472,48 @@ pub struct RunFailure {
     pub(crate) stats: RunStats,
     pub(crate) duration: Duration,
     pub(crate) observability: Option<Box<ObservabilityReport>>,
+    /// Every failure (more than one only under [`FailurePolicy::Continue`]).
+    pub(crate) failures: Vec<StageFailure>,
+    pub(crate) skipped_upstream: Vec<UpstreamSkip>,
+    pub(crate) cleanup_errors: Vec<CleanupError>,
+}
+
+/// One failed stage; see [`RunFailure::failures`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageFailure {
+    /// The stage.
+    pub stage: String,
+    /// Why it failed.
+    pub cause: FailureCause,
+}
+
+/// A stage skipped because a stage upstream of it failed (under [`FailurePolicy::Continue`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamSkip {
+    /// The skipped stage.
+    pub stage: String,
+    /// The failed stage it is downstream of (the first one found, when several).
+    pub failed: String,
 }
 
 impl RunFailure {
+    /// Every stage that failed, in the order they failed: just [`stage`](Self::stage) in a
+    /// fail-fast run, all of them under [`FailurePolicy::Continue`].
+    pub fn failures(&self) -> &[StageFailure] {
+        &self.failures
+    }
+
+    /// Stages skipped because a stage upstream of them failed (under
+    /// [`FailurePolicy::Continue`]), in the order they were skipped.
+    pub fn skipped_upstream(&self) -> &[UpstreamSkip] {
+        &self.skipped_upstream
+    }
+
+    /// Cleanup actions that failed, panicked or timed out; see [`RunReport::cleanup_errors`].
+    pub fn cleanup_errors(&self) -> &[CleanupError] {
+        &self.cleanup_errors
+    }
+
     /// The failed stage.
     pub fn stage(&self) -> &str {
         &self.stage
@@ -449,7 +554,11 @@ impl RunFailure {
 
 impl fmt::Display for RunFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "stage `{}` failed: {}", self.stage, self.cause)
+        write!(f, "stage `{}` failed: {}", self.stage, self.cause)?;
+        if self.failures.len() > 1 {
+            write!(f, " (and {} more failed stages)", self.failures.len() - 1)?;
+        }
+        Ok(())
     }
 }
 

@@ -17,7 +17,7 @@
 //! | `stage.<name>.skipped` | [`EventKind::StageSkipped`] | it returned `skip`, or was skipped by its condition or because all inputs were skipped (then without `started`) |
 //! | `stage.<name>.failed` | [`EventKind::StageFailed`] | it returned `fail`/`retry`/an error, panicked, or its condition failed |
 //! | `stage.<name>.cancelled` | [`EventKind::StageCancelled`] | it returned `cancel`, or was still running when the run stopped |
-//! | `stage.<name>.retried` | [`EventKind::StageRetried`] | reserved: the engine has no retry policy yet; a retry interceptor emits it before each new attempt |
+//! | `stage.<name>.retried` | [`EventKind::StageRetried`] | before each new attempt of a [`Retry`](crate::intercept::Retry) interceptor or a [guard retry](crate::GuardRetry), with the attempt number in `data` |
 //! | `stage.<name>.artifact` | [`EventKind::StageArtifact`] | one per [`Artifact`] in the stage's output |
 //! | `stage.wide` | [`EventKind::StageWide`] | one summary record per stage (opt-in) |
 //! | anything else | [`EventKind::Custom`] | a [`CustomEvent`] in a stage's output, or [`StageContext::emit_event`](crate::StageContext::emit_event) |
@@ -186,9 +186,9 @@ pub enum EventKind {
     StageSkipped,
     /// `stage.<name>.cancelled`
     StageCancelled,
-    /// `stage.<name>.retried`. The engine has no retry policy yet and never emits it itself; the
-    /// kind exists so that a retry interceptor can emit it (one per new attempt, with the attempt
-    /// number in [`Event::data`]) without a change to the event model.
+    /// `stage.<name>.retried`: emitted before each new attempt by the
+    /// [`Retry`](crate::intercept::Retry) interceptor and by [guard retry](crate::GuardRetry), with
+    /// the attempt number (and the delay or guard) in [`Event::data`].
     StageRetried,
     /// `stage.<name>.artifact`
     StageArtifact,
@@ -264,6 +264,10 @@ pub struct Event {
     pub kind: EventKind,
     /// The run it belongs to.
     pub run_id: Uuid,
+    /// For a [subpipeline](crate::subpipeline) run: the run of the stage that started it.
+    pub parent_run_id: Option<Uuid>,
+    /// For a [subpipeline](crate::subpipeline) run: the outermost run of the tree.
+    pub root_run_id: Option<Uuid>,
     /// The pipeline's name.
     pub pipeline: Name,
     /// The stage, for stage-scoped events.
@@ -294,6 +298,8 @@ impl Event {
         Event {
             kind,
             run_id,
+            parent_run_id: None,
+            root_run_id: None,
             pipeline: pipeline.into(),
             stage: None,
             stage_kind: None,
@@ -376,7 +382,7 @@ impl fmt::Display for Event {
     }
 }
 
-/// Serializes as `{"type", "run_id", "pipeline", "stage"?, "stage_kind"?, "timestamp",
+/// Serializes as `{"type", "run_id", "parent_run_id"?, "root_run_id"?, "pipeline", "stage"?, "stage_kind"?, "timestamp",
 /// "duration_ms"?, "status"?, "error"?, "allocated_bytes"?, "data"?}` with an RFC 3339 UTC
 /// timestamp (microseconds) and fractional milliseconds.
 impl Serialize for Event {
@@ -384,6 +390,12 @@ impl Serialize for Event {
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("type", &*self.event_type())?;
         map.serialize_entry("run_id", &self.run_id.hyphenated().to_string())?;
+        if let Some(parent) = self.parent_run_id {
+            map.serialize_entry("parent_run_id", &parent.hyphenated().to_string())?;
+        }
+        if let Some(root) = self.root_run_id {
+            map.serialize_entry("root_run_id", &root.hyphenated().to_string())?;
+        }
         map.serialize_entry("pipeline", self.pipeline.as_str())?;
         if let Some(stage) = &self.stage {
             map.serialize_entry("stage", stage.as_str())?;
@@ -545,6 +557,17 @@ impl Encoder {
             }
         };
         out.extend_from_slice(id);
+        for (key, linked) in [
+            (&b"\",\"parent_run_id\":\""[..], event.parent_run_id),
+            (&b"\",\"root_run_id\":\""[..], event.root_run_id),
+        ] {
+            if let Some(linked) = linked {
+                out.extend_from_slice(key);
+                let mut text = [0u8; 36];
+                linked.hyphenated().encode_lower(&mut text);
+                out.extend_from_slice(&text);
+            }
+        }
         out.extend_from_slice(b"\",\"pipeline\":");
         write_str(out, &event.pipeline);
         if let Some(stage) = &event.stage {

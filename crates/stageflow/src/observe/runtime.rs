@@ -46,6 +46,9 @@ pub(crate) enum Outcome<'a> {
 /// Run-level observability state shared with the sampler task and with stage contexts.
 pub(crate) struct ObsShared {
     pub(crate) run_id: Uuid,
+    /// Subpipeline links, copied into every event.
+    parent_run_id: Option<Uuid>,
+    root_run_id: Option<Uuid>,
     pub(crate) pipeline: Name,
     pub(crate) graph: Arc<GraphInner>,
     pub(crate) sink: Option<Arc<dyn EventSink>>,
@@ -99,7 +102,10 @@ impl ObsShared {
     }
 
     pub(crate) fn event(&self, kind: EventKind) -> Event {
-        Event::new(kind, self.run_id, self.pipeline.clone())
+        let mut event = Event::new(kind, self.run_id, self.pipeline.clone());
+        event.parent_run_id = self.parent_run_id;
+        event.root_run_id = self.root_run_id;
+        event
     }
 
     fn progress(&self, total: u64, elapsed: Duration, done: bool) -> Progress {
@@ -233,6 +239,8 @@ impl Observer {
         };
         let shared = Arc::new(ObsShared {
             run_id: identity.run_id,
+            parent_run_id: identity.parent_run_id,
+            root_run_id: identity.root_run_id,
             pipeline: Name::from(graph.pipeline_name()),
             graph: graph.clone(),
             sink: sink.clone(),
@@ -368,6 +376,8 @@ impl Observer {
         Event {
             kind,
             run_id: self.shared.run_id,
+            parent_run_id: self.shared.parent_run_id,
+            root_run_id: self.shared.root_run_id,
             pipeline: self.shared.pipeline.clone(),
             stage: Some(Name::from(self.shared.graph.name(idx))),
             stage_kind: Some(self.shared.graph.kind(idx)),

@@ -11,10 +11,13 @@ use std::path::PathBuf;
 
 use uuid::Uuid;
 
-/// An error from a [`RunStore`](crate::RunStore) or from opening a [`SqliteStore`](crate::SqliteStore).
+use crate::error::BoxError;
+
+/// An error from a [`RunStore`](crate::store::RunStore), or from opening a store file
+/// (`stageflow_store::SqliteStore`).
 ///
 /// ```
-/// use stageflow_store::{MemoryStore, RunStore, StoreError};
+/// use stageflow::store::{MemoryStore, RunStore, StoreError};
 /// let store = MemoryStore::new();
 /// let missing = uuid::Uuid::nil();
 /// match store.get_run(missing) {
@@ -29,7 +32,7 @@ pub enum StoreError {
     #[error("run {0} not found in the store")]
     RunNotFound(Uuid),
 
-    /// [`create_run`](crate::RunStore::create_run) with an id that is already in the store.
+    /// [`create_run`](crate::store::RunStore::create_run) with an id that is already in the store.
     #[error("run {0} already exists in the store")]
     RunExists(Uuid),
 
@@ -120,7 +123,7 @@ pub enum StoreError {
     },
 
     /// A write to a database that is read-only: a read-only file or location, or a store opened
-    /// with [`SqliteOptions::read_only`](crate::SqliteOptions::read_only).
+    /// with `SqliteOptions::read_only` (in `stageflow-store`).
     #[error("{}: read-only: {detail}", path.display())]
     ReadOnly {
         /// The file.
@@ -136,9 +139,9 @@ pub enum StoreError {
         path: PathBuf,
         /// The operation.
         op: &'static str,
-        /// SQLite's error.
+        /// The database's error (a `rusqlite::Error` from `SqliteStore`).
         #[source]
-        source: rusqlite::Error,
+        source: BoxError,
     },
 
     /// A file-system operation failed (creating the parent directories, ...).
@@ -161,9 +164,9 @@ pub enum StoreError {
         path: PathBuf,
         /// The version that could not be reached.
         version: u32,
-        /// SQLite's error.
+        /// The database's error (a `rusqlite::Error` from `SqliteStore`).
         #[source]
-        source: rusqlite::Error,
+        source: BoxError,
     },
 
     /// Any other SQLite error, with the operation it happened in.
@@ -173,9 +176,9 @@ pub enum StoreError {
         path: PathBuf,
         /// The operation.
         op: &'static str,
-        /// SQLite's error.
+        /// The database's error (a `rusqlite::Error` from `SqliteStore`).
         #[source]
-        source: rusqlite::Error,
+        source: BoxError,
     },
 
     /// A value could not be turned into JSON for storage.

@@ -5,19 +5,19 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use uuid::Uuid;
 
-use crate::error::StoreError;
-use crate::record::{now_millis, RunRecord, RunState, StageRecord};
-use crate::RunStore;
+use super::error::StoreError;
+use super::record::{now_millis, RunRecord, RunState, StageRecord};
+use super::RunStore;
 
 /// A [`RunStore`] held in memory, with exactly the semantics of
-/// [`SqliteStore`](crate::SqliteStore): the same errors
+/// `stageflow_store::SqliteStore`: the same errors
 /// ([`RunNotFound`](StoreError::RunNotFound), [`DuplicateStage`](StoreError::DuplicateStage), ...),
 /// all-or-nothing batches, millisecond times, and stages loaded in the order they were first
 /// recorded. Nothing survives the process.
 ///
 /// ```
 /// use stageflow::StageStatus;
-/// use stageflow_store::{MemoryStore, RunRecord, RunStore, StageRecord, StoreError};
+/// use stageflow::store::{MemoryStore, RunRecord, RunStore, StageRecord, StoreError};
 ///
 /// let store = MemoryStore::new();
 /// let run = RunRecord::new(uuid::Uuid::now_v7(), "etl", "fp1", serde_json::Value::Null);

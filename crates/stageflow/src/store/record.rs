@@ -8,21 +8,21 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::{StageOutput, StageStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use stageflow::{StageOutput, StageStatus};
 use uuid::Uuid;
 
-use crate::error::StoreError;
+use super::error::StoreError;
 
 /// Where a run stands, as the store knows it.
 ///
-/// A run is [`Running`](Self::Running) from [`create_run`](crate::RunStore::create_run) until the
+/// A run is [`Running`](Self::Running) from [`create_run`](crate::store::RunStore::create_run) until the
 /// executor records how it ended. A run still `Running` when no process is executing it is a run
 /// that crashed (or is being executed elsewhere): it can be resumed.
 ///
 /// ```
-/// use stageflow_store::RunState;
+/// use stageflow::store::RunState;
 /// assert_eq!(RunState::Failed.as_str(), "failed");
 /// assert_eq!("cancelled".parse::<RunState>().unwrap(), RunState::Cancelled);
 /// assert!(!RunState::Running.is_terminal());
@@ -90,7 +90,7 @@ impl FromStr for RunState {
 /// One run: what was run (pipeline name and fingerprint), on what input, and how it stands.
 ///
 /// ```
-/// use stageflow_store::{RunRecord, RunState};
+/// use stageflow::store::{RunRecord, RunState};
 /// let run = RunRecord::new(uuid::Uuid::now_v7(), "etl", "sha256:ab12", serde_json::json!({"day": 7}));
 /// assert_eq!(run.status, RunState::Running);
 /// assert!(run.check_fingerprint("sha256:ab12").is_ok());
@@ -98,7 +98,7 @@ impl FromStr for RunState {
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
-    /// The run's id (the executor's [`RunIdentity::run_id`](stageflow::RunIdentity::run_id)).
+    /// The run's id (the executor's [`RunIdentity::run_id`](crate::RunIdentity::run_id)).
     pub run_id: Uuid,
     /// Name of the pipeline.
     pub pipeline: String,
@@ -167,7 +167,7 @@ impl RunRecord {
 /// ```
 /// use std::time::{Duration, SystemTime};
 /// use stageflow::{StageOutput, StageStatus};
-/// use stageflow_store::StageRecord;
+/// use stageflow::store::StageRecord;
 ///
 /// let run_id = uuid::Uuid::now_v7();
 /// let started = SystemTime::now();
@@ -272,7 +272,7 @@ impl StageRecord {
 ///
 /// ```
 /// use std::time::{Duration, UNIX_EPOCH};
-/// use stageflow_store::{from_unix_millis, to_unix_millis};
+/// use stageflow::store::{from_unix_millis, to_unix_millis};
 /// let t = UNIX_EPOCH + Duration::from_micros(1_500_700);
 /// assert_eq!(to_unix_millis(t), 1_500);
 /// assert_eq!(from_unix_millis(1_500), Some(UNIX_EPOCH + Duration::from_millis(1_500)));
