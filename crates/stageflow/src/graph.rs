@@ -174,6 +174,11 @@ impl GraphInner {
     pub(crate) fn dependents(&self, idx: u32) -> &[u32] {
         self.dependents.row(idx)
     }
+
+    /// All stage indices in a topological order (ties in definition order), iteratively.
+    pub(crate) fn topological_indices(&self) -> Vec<u32> {
+        kahn(&self.deps, &self.dependents, self.len())
+    }
 }
 
 /// A validated pipeline, ready to run.
@@ -268,7 +273,7 @@ impl Graph {
     /// Stage names in a topological order (every stage after all its dependencies; ties in
     /// definition order).
     pub fn topological_order(&self) -> Vec<&str> {
-        let order = kahn(&self.inner.deps, &self.inner.dependents, self.inner.len());
+        let order = self.inner.topological_indices();
         order.iter().map(|&i| self.inner.name(i)).collect()
     }
 

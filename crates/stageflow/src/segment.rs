@@ -204,7 +204,7 @@ impl SegmentPlan {
             is_boundary[idx as usize] = true;
         }
         let mut seg = vec![0u32; g.len()];
-        for idx in topological(g) {
+        for idx in g.topological_indices() {
             let base = g
                 .deps(idx)
                 .iter()
@@ -334,31 +334,10 @@ impl SegmentPlan {
     }
 }
 
-/// Stage indices in a topological order (Kahn), iteratively.
-fn topological(g: &GraphInner) -> Vec<u32> {
-    let n = g.len();
-    let mut pending: Vec<u32> = (0..n as u32).map(|i| g.deps(i).len() as u32).collect();
-    let mut order: Vec<u32> = (0..n as u32)
-        .filter(|&i| pending[i as usize] == 0)
-        .collect();
-    let mut head = 0;
-    while head < order.len() {
-        let i = order[head];
-        head += 1;
-        for &j in g.dependents(i) {
-            pending[j as usize] -= 1;
-            if pending[j as usize] == 0 {
-                order.push(j);
-            }
-        }
-    }
-    order
-}
-
 /// Longest path from a root to each stage (roots have depth 0).
 fn depths(g: &GraphInner) -> Vec<u32> {
     let mut depth = vec![0u32; g.len()];
-    for i in topological(g) {
+    for i in g.topological_indices() {
         let d = depth[i as usize];
         for &j in g.dependents(i) {
             depth[j as usize] = depth[j as usize].max(d + 1);

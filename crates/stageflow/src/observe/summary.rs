@@ -182,16 +182,9 @@ fn critical_path(graph: &GraphInner, durations: &[u64], max_names: usize) -> Cri
         UNTIMED => 0,
         d => d,
     };
-    let mut indegree: Vec<u32> = (0..n as u32).map(|i| graph.deps(i).len() as u32).collect();
     let mut dist = vec![0u64; n];
     let mut pred = vec![NONE; n];
-    let mut queue: Vec<u32> = (0..n as u32)
-        .filter(|&i| indegree[i as usize] == 0)
-        .collect();
-    let mut head = 0;
-    while head < queue.len() {
-        let i = queue[head];
-        head += 1;
+    for i in graph.topological_indices() {
         let (mut best, mut best_pred) = (0u64, NONE);
         for &d in graph.deps(i) {
             if best_pred == NONE || dist[d as usize] > best {
@@ -201,13 +194,6 @@ fn critical_path(graph: &GraphInner, durations: &[u64], max_names: usize) -> Cri
         }
         dist[i as usize] = best.saturating_add(cost(i));
         pred[i as usize] = best_pred;
-        for &j in graph.dependents(i) {
-            let slot = &mut indegree[j as usize];
-            *slot -= 1;
-            if *slot == 0 {
-                queue.push(j);
-            }
-        }
     }
     let (end, &total) = dist
         .iter()
