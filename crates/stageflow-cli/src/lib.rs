@@ -1,5 +1,6 @@
 //! The library half of the `stageflow` command: pipeline files (`stageflow run`, `check`,
-//! `graph`), usable from tests without spawning the binary.
+//! `graph`) and recorded runs (`stageflow runs`), usable from tests without spawning the binary.
 #![warn(missing_docs)]
 
 pub mod pipeline_file;
+pub mod runs;

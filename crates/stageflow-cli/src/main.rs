@@ -16,7 +16,7 @@ mod stress;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use stageflow_cli::pipeline_file;
+use stageflow_cli::{pipeline_file, runs};
 
 /// Every heap allocation of the process goes through this counter, so `stress` can report heap
 /// bytes allocated per stage. Counting costs two relaxed atomic adds per allocation.
@@ -49,6 +49,8 @@ pub enum Commands {
     Check(pipeline_file::cli::CheckArgs),
     /// Print a pipeline file's DAG as Graphviz dot or Mermaid text.
     Graph(pipeline_file::cli::GraphArgs),
+    /// Recorded runs: `list`, `show RUN_ID`, `resume RUN_ID` (runs are recorded by `stageflow run` in `.stageflow/runs.db`).
+    Runs(runs::RunsArgs),
     /// Generate a chain pipeline file of N stages (for scale tests).
     #[command(hide = true)]
     Generate(pipeline_file::cli::GenerateArgs),
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         Commands::Run(args) => Ok(pipeline_file::cli::run(&args, &rt)),
         Commands::Check(args) => Ok(pipeline_file::cli::check(&args)),
         Commands::Graph(args) => Ok(pipeline_file::cli::graph(&args)),
+        Commands::Runs(args) => Ok(runs::main(&args, &rt)),
         Commands::Generate(args) => Ok(pipeline_file::cli::generate(&args)),
     });
     match outcome {

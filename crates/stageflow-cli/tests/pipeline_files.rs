@@ -8,8 +8,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The binary, run from a fresh directory of its own so that the run store it records into
+/// (`.stageflow/` in the working directory) never lands in the source tree or is shared.
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_stageflow"))
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("pipeline-files-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create the working directory");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stageflow"));
+    cmd.current_dir(dir);
+    cmd
 }
 
 fn examples() -> PathBuf {

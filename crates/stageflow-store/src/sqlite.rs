@@ -314,9 +314,24 @@ impl SqliteStore {
             }
             // Where WAL is impossible (some network file systems), SQLite keeps a rollback
             // journal: commits stay atomic and crash-safe, but readers then wait for writers.
-            let _mode: String = conn
-                .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-                .map_err(err("switching to WAL journal mode"))?;
+            // Switching to WAL takes an exclusive lock, and SQLite reports a concurrent
+            // opener's lock as SQLITE_BUSY at once instead of waiting for the busy timeout; so
+            // wait here, within the same timeout, for the other opener to finish.
+            let deadline = std::time::Instant::now() + options.busy_timeout;
+            loop {
+                match conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
+                    row.get::<_, String>(0)
+                }) {
+                    Ok(_mode) => break,
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.code == rusqlite::ErrorCode::DatabaseBusy
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(e) => return Err(err("switching to WAL journal mode")(e)),
+                }
+            }
             conn.pragma_update(None, "synchronous", options.synchronous.pragma())
                 .map_err(err("setting the synchronous mode"))?;
             if version < migrations.len() as i64 {

@@ -38,6 +38,12 @@ pub struct RunArgs {
     /// Never draw the progress bar (it is drawn only when stderr is a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
+    /// The run store the run is recorded in (created if missing), for `stageflow runs`.
+    #[arg(long, value_name = "PATH", default_value = crate::runs::DEFAULT_STORE)]
+    pub store: PathBuf,
+    /// Do not record the run in the run store (it cannot be resumed then).
+    #[arg(long, conflicts_with = "store")]
+    pub no_record: bool,
 }
 
 /// `stageflow check FILE`.

@@ -84,6 +84,13 @@ impl Reporter {
         }
     }
 
+    /// `n` stages count as done without running (restored from the run store).
+    pub(crate) fn advance(&self, n: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(n);
+        }
+    }
+
     /// A line the stage's command wrote on stderr.
     pub(crate) fn stage_stderr(&self, stage: &str, text: &str) {
         if !self.quiet {

@@ -7,17 +7,28 @@
 //! SIGTERM, and the run ends when they have exited, or after `--grace` (default 5 s), when what is
 //! still running is SIGKILLed; cleanup then runs, and the exit code is 130. Ctrl-C again: every
 //! command is SIGKILLed and `stageflow` exits at once with 130, skipping cleanup.
+//!
+//! Unless `--no-record` is given, the run is recorded in the run store (`--store`, default
+//! `.stageflow/runs.db`): it runs through the library's durable executor, which commits every
+//! finished stage (group commit: at most [`COMMIT_EVERY_STAGES`] stages or
+//! [`COMMIT_EVERY_MS`] ms after a stage finished), so `stageflow runs resume` can continue it
+//! after a failure, a Ctrl-C or a crash without running the committed stages again.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
+use stageflow::durable::{Checkpoint, Durability};
 use stageflow::{CancellationToken, RunIdentity, RunStatus};
+use stageflow_store::SqliteStore;
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::runs::record::{self, RunInfo, RunLock};
 
 use super::check::{load, LoadedPipeline};
 use super::cli::RunArgs;
@@ -25,7 +36,7 @@ use super::control::Control;
 use super::duration::human;
 use super::events::EventLog;
 use super::progress::Reporter;
-use super::runtime::{self, Outcome, PipelineRun, Record, RunEnv, State};
+use super::runtime::{self, DurableSetup, Outcome, PipelineRun, Record, RunEnv, State};
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -40,23 +51,124 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 const SUMMARY_ALL_UP_TO: usize = 40;
 const SUMMARY_SLOWEST: usize = 15;
 
+/// Group commit of recorded runs: a transaction at most every this many finished stages...
+pub const COMMIT_EVERY_STAGES: usize = 256;
+/// ...or this many milliseconds after the first uncommitted stage finished. A crash makes at most
+/// the stages finished in the last 50 ms run again on resume.
+pub const COMMIT_EVERY_MS: u64 = 50;
+
+/// How a run is recorded in the run store.
+pub(crate) enum Recording {
+    /// `--no-record`.
+    Off,
+    /// A new run.
+    New {
+        store: Arc<SqliteStore>,
+        path: PathBuf,
+    },
+    /// `stageflow runs resume`: continue run `run_id`; the stages at `restored` are committed.
+    Resume {
+        store: Arc<SqliteStore>,
+        path: PathBuf,
+        run_id: Uuid,
+        restored: Vec<usize>,
+        force: bool,
+        lock: RunLock,
+    },
+}
+
+/// Prints the file's problems; exit code 2.
+pub(crate) fn invalid(args: &RunArgs, diags: &super::Diagnostics) -> ExitCode {
+    if args.json {
+        println!(
+            "{}",
+            json!({"status": "invalid", "exit_code": EXIT_INVALID, "errors": diags.to_json()["errors"]})
+        );
+    }
+    eprintln!("{}", diags.render());
+    ExitCode::from(EXIT_INVALID)
+}
+
 /// Runs `stageflow run`.
 pub fn run(args: &RunArgs, rt: &Runtime) -> ExitCode {
     let loaded = match load(&args.file) {
         Ok(l) => l,
-        Err(diags) => {
-            if args.json {
-                println!(
-                    "{}",
-                    json!({"status": "invalid", "exit_code": EXIT_INVALID, "errors": diags.to_json()["errors"]})
+        Err(diags) => return invalid(args, &diags),
+    };
+    let recording = if args.no_record {
+        Recording::Off
+    } else {
+        match record::open_store(&args.store) {
+            Ok(store) => Recording::New {
+                store: Arc::new(store),
+                path: args.store.clone(),
+            },
+            Err(e) => {
+                eprintln!(
+                    "error: {e}
+  (or run with --no-record)"
                 );
+                return ExitCode::from(EXIT_INVALID);
             }
-            eprintln!("{}", diags.render());
-            return ExitCode::from(EXIT_INVALID);
         }
     };
-    let identity = RunIdentity::new();
+    run_loaded(args, loaded, recording, rt)
+}
+
+/// `stageflow runs resume ...` with the store, for the resume hint.
+fn resume_command(run_id: &str, store: &Path) -> String {
+    if store == Path::new(crate::runs::DEFAULT_STORE) {
+        format!("stageflow runs resume {run_id}")
+    } else {
+        format!("stageflow runs resume {run_id} --store {}", store.display())
+    }
+}
+
+/// Runs a loaded pipeline file: `stageflow run` and `stageflow runs resume`.
+pub(crate) fn run_loaded(
+    args: &RunArgs,
+    loaded: Arc<LoadedPipeline>,
+    recording: Recording,
+    rt: &Runtime,
+) -> ExitCode {
+    let mut identity = RunIdentity::new();
+    if let Recording::Resume { run_id, .. } = &recording {
+        identity.run_id = *run_id;
+    }
     let run_id = identity.run_id.to_string();
+    let mut _lock = None;
+    let (durable, store_path, restored) = match recording {
+        Recording::Off => (None, None, Vec::new()),
+        Recording::New { store, path } => {
+            _lock = RunLock::acquire(&path, identity.run_id).ok().flatten();
+            let setup = DurableSetup {
+                checkpoint: Checkpoint::new(store)
+                    .durability(Durability::group(COMMIT_EVERY_STAGES, COMMIT_EVERY_MS)),
+                input: RunInfo::of(&loaded).to_input(),
+                resume: false,
+            };
+            (Some(setup), Some(path), Vec::new())
+        }
+        Recording::Resume {
+            store,
+            path,
+            restored,
+            force,
+            lock,
+            ..
+        } => {
+            _lock = Some(lock);
+            let setup = DurableSetup {
+                checkpoint: Checkpoint::new(store)
+                    .durability(Durability::group(COMMIT_EVERY_STAGES, COMMIT_EVERY_MS))
+                    .force_resume(force),
+                input: Value::Null,
+                resume: true,
+            };
+            (Some(setup), Some(path), restored)
+        }
+    };
+    let resumed = durable.as_ref().is_some_and(|d| d.resume);
     let events = match &args.events {
         Some(path) => match EventLog::create(path, run_id.clone()) {
             Ok(log) => Some(Arc::new(log)),
@@ -89,6 +201,7 @@ pub fn run(args: &RunArgs, rt: &Runtime) -> ExitCode {
         scratch: std::env::temp_dir().join(format!("stageflow-{run_id}")),
         file_counter: AtomicU64::new(0),
         start_seq: AtomicU64::new(0),
+        durable,
     });
     let token = CancellationToken::new();
     let top = Arc::new(PipelineRun::new(
@@ -98,6 +211,23 @@ pub fn run(args: &RunArgs, rt: &Runtime) -> ExitCode {
         0,
         Vec::new(),
     ));
+    for &i in &restored {
+        top.mark_restored(i);
+    }
+    if let Some(store) = &store_path {
+        if resumed {
+            reporter.notice(&format!(
+                "resuming run {run_id} of pipeline `{}`: {} of {} stages restored from {}, {} to run",
+                loaded.name(),
+                restored.len(),
+                loaded.len(),
+                store.display(),
+                loaded.len() - restored.len()
+            ));
+        } else if !args.quiet {
+            reporter.line(&format!("run {run_id} (recorded in {})", store.display()));
+        }
+    }
     let outcome = rt.block_on(async {
         let signals = tokio::spawn(handle_signals(env.clone(), token.clone()));
         let outcome = runtime::execute(top.clone(), token).await;
@@ -108,7 +238,28 @@ pub fn run(args: &RunArgs, rt: &Runtime) -> ExitCode {
     let _ = std::fs::remove_dir_all(&env.scratch);
     let interrupted = env.control.is_interrupted();
     let events_error = env.events.as_ref().and_then(|e| e.error());
-    let code = exit_code(&outcome, interrupted, events_error.is_some());
+    let durable = outcome.durable.clone();
+    let record_error = durable.as_ref().and_then(|d| d.error.clone());
+    if let Some(d) = durable.as_ref().filter(|d| !d.started) {
+        // The store refused before anything ran.
+        eprintln!(
+            "error: {}
+  (or run with --no-record)",
+            d.error.as_deref().unwrap_or("the run store failed")
+        );
+        if args.json {
+            println!(
+                "{}",
+                json!({"run_id": run_id, "status": "failed", "exit_code": EXIT_FAILED, "error": d.error})
+            );
+        }
+        return ExitCode::from(EXIT_FAILED);
+    }
+    let code = exit_code(
+        &outcome,
+        interrupted,
+        events_error.is_some() || record_error.is_some(),
+    );
     let records = top.records().clone();
     if !args.quiet {
         eprint!("{}", summary_table(&loaded, &records));
@@ -127,12 +278,38 @@ pub fn run(args: &RunArgs, rt: &Runtime) -> ExitCode {
     if let Some(e) = &events_error {
         eprintln!("error: {e}");
     }
-    eprintln!("{}", final_line(&loaded, &outcome, &records, interrupted));
+    if let Some(e) = &record_error {
+        eprintln!("error: {e}");
+    }
+    let mut last = final_line(&loaded, &outcome, &records, interrupted);
+    if let Some(d) = &durable {
+        if resumed {
+            let ran = records
+                .iter()
+                .filter(|r| !matches!(r.state, State::Restored | State::NotRun))
+                .count();
+            last.push_str(&format!(
+                "; run {run_id} resumed: {} restored, {ran} run",
+                d.restored
+            ));
+        } else {
+            last.push_str(&format!("; run {run_id}"));
+        }
+    }
+    eprintln!("{last}");
+    if let Some(store) = store_path.as_ref().filter(|_| code != EXIT_OK) {
+        eprintln!("resume with: {}", resume_command(&run_id, store));
+    }
     if args.json {
-        println!(
-            "{}",
-            json_result(&args.file, &loaded, &outcome, &records, code, &run_id)
-        );
+        let mut result = json_result(&args.file, &loaded, &outcome, &records, code, &run_id);
+        result["recorded"] = Value::Bool(durable.is_some());
+        if let (Some(store), Some(d)) = (&store_path, &durable) {
+            result["store"] = store.display().to_string().into();
+            result["resumed"] = resumed.into();
+            result["restored"] = d.restored.into();
+            result["record_error"] = d.error.clone().into();
+        }
+        println!("{result}");
     }
     ExitCode::from(code)
 }
@@ -193,8 +370,9 @@ async fn handle_signals(env: Arc<RunEnv>, token: CancellationToken) {
     }
 }
 
-fn counts(records: &[Record]) -> [(State, usize); 5] {
+fn counts(records: &[Record]) -> [(State, usize); 6] {
     let mut c = [
+        (State::Restored, 0),
         (State::Ok, 0),
         (State::Failed, 0),
         (State::Skipped, 0),

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
+use stageflow::durable::{Checkpoint, DurableError};
 use stageflow::{
-    CancellationToken, Results, Retention, RunFailure, RunIdentity, RunOptions, RunReport,
+    CancellationToken, Graph, Results, Retention, RunFailure, RunIdentity, RunOptions, RunReport,
     RunStatus, Stage, StageOutput,
 };
 use tokio::sync::Semaphore;
@@ -38,6 +39,30 @@ pub(crate) struct RunEnv {
     pub(crate) scratch: PathBuf,
     pub(crate) file_counter: AtomicU64,
     pub(crate) start_seq: AtomicU64,
+    /// Set when the top-level run is recorded in a run store (`stageflow run` without
+    /// `--no-record`, and `stageflow runs resume`).
+    pub(crate) durable: Option<DurableSetup>,
+}
+
+/// How the top-level run is recorded.
+pub(crate) struct DurableSetup {
+    pub(crate) checkpoint: Checkpoint,
+    /// The run's input (what `stageflow runs resume` needs to find the file again).
+    pub(crate) input: Value,
+    /// Resume run `identity.run_id` instead of starting it.
+    pub(crate) resume: bool,
+}
+
+/// What recording did.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DurableSummary {
+    /// Stages restored from the store (a resume).
+    pub(crate) restored: usize,
+    /// Stage records committed by this execution.
+    pub(crate) committed: u64,
+    /// The store failed: before the run started (`started == false`), or while recording.
+    pub(crate) error: Option<String>,
+    pub(crate) started: bool,
 }
 
 impl RunEnv {
@@ -57,6 +82,8 @@ pub(crate) enum State {
     Failed,
     Skipped,
     Cancelled,
+    /// Committed by an earlier execution of the run and restored from the store on resume.
+    Restored,
 }
 
 impl State {
@@ -68,6 +95,7 @@ impl State {
             State::Failed => "failed",
             State::Skipped => "skipped",
             State::Cancelled => "cancelled",
+            State::Restored => "restored",
         }
     }
 }
@@ -129,6 +157,8 @@ pub(crate) struct Outcome {
     pub(crate) result: Result<RunReport, RunFailure>,
     pub(crate) cleanup: Vec<CleanupReport>,
     pub(crate) duration: Duration,
+    /// For a recorded top-level run.
+    pub(crate) durable: Option<DurableSummary>,
 }
 
 impl Outcome {
@@ -150,7 +180,7 @@ fn status_line(state: State, name: &str, duration: Option<Duration>, note: Optio
         State::Failed => "FAILED",
         State::Skipped => "  skip",
         State::Cancelled => "  stop",
-        State::NotRun | State::Running => "     -",
+        State::NotRun | State::Running | State::Restored => "     -",
     };
     let mut line = format!("{label}  {name}");
     if let Some(d) = duration {
@@ -256,6 +286,17 @@ impl PipelineRun {
             .stage_finished(&name, self.is_top(), &line);
     }
 
+    /// Stage `i` was committed by an earlier execution of the run: it will not run.
+    pub(crate) fn mark_restored(&self, i: usize) {
+        let name = self.full_name(i);
+        self.records()[i].state = State::Restored;
+        self.env.emit(
+            "stage_restored",
+            json!({"pipeline": self.loaded.name(), "stage": name, "status": "restored"}),
+        );
+        self.env.reporter.advance(1);
+    }
+
     pub(crate) fn set_cleanup_context(&self, i: usize, env: Vec<(String, String)>, dir: PathBuf) {
         self.records()[i].cleanup = Some((env, dir));
     }
@@ -295,19 +336,11 @@ pub(crate) fn execute(
             Ok(g) => g,
             Err(diags) => {
                 // Cannot happen for a checked file; reported rather than assumed.
-                let failure = stageflow::Pipeline::builder(loaded.name())
-                    .stage("invalid", move |_ctx: stageflow::StageContext| {
-                        let message = diags.to_string();
-                        async move { StageOutput::fail(message) }
-                    })
-                    .build()
-                    .expect("one-stage pipeline")
-                    .run(())
-                    .await;
                 return Outcome {
-                    result: failure,
+                    result: failed_run(loaded.name(), "invalid", diags.to_string()).await,
                     cleanup: Vec::new(),
                     duration: started.elapsed(),
+                    durable: None,
                 };
             }
         };
@@ -334,7 +367,12 @@ pub(crate) fn execute(
             } else {
                 Retention::Sinks
             });
-        let result = graph.run_with(Value::Null, options).await;
+        let (result, durable) = match env.durable.as_ref().filter(|_| run.is_top()) {
+            Some(setup) => {
+                run_recorded(&graph, loaded.name(), setup, env.identity.run_id, options).await
+            }
+            None => (graph.run_with(Value::Null, options).await, None),
+        };
         drop(graph);
         settle(&run, &result);
         let cleanup = run_cleanup(&run).await;
@@ -365,8 +403,68 @@ pub(crate) fn execute(
             result,
             cleanup,
             duration,
+            durable,
         }
     })
+}
+
+/// A failed run of a one-stage pipeline whose stage `stage` fails with `message`: how a run that
+/// could not start is reported like any other failed run.
+async fn failed_run(pipeline: &str, stage: &str, message: String) -> Result<RunReport, RunFailure> {
+    stageflow::Pipeline::builder(pipeline)
+        .stage(stage, move |_ctx: stageflow::StageContext| {
+            let message = message.clone();
+            async move { StageOutput::fail(message) }
+        })
+        .build()
+        .expect("one-stage pipeline")
+        .run(())
+        .await
+}
+
+/// Runs (or resumes) the top-level graph through the durable executor, which commits every
+/// finished stage to the store.
+async fn run_recorded(
+    graph: &Graph,
+    pipeline: &str,
+    setup: &DurableSetup,
+    run_id: uuid::Uuid,
+    options: RunOptions,
+) -> (Result<RunReport, RunFailure>, Option<DurableSummary>) {
+    let result = if setup.resume {
+        graph.resume(run_id, options, &setup.checkpoint).await
+    } else {
+        graph
+            .run_durable(setup.input.clone(), options, &setup.checkpoint)
+            .await
+    };
+    let mut summary = DurableSummary {
+        started: true,
+        ..DurableSummary::default()
+    };
+    let result = match result {
+        Ok(done) => {
+            summary.restored = done.restored();
+            summary.committed = done.committed();
+            Ok(done.into_report())
+        }
+        Err(DurableError::Failed(failure)) => Err(*failure),
+        Err(DurableError::Recording {
+            source, outcome, ..
+        }) => {
+            summary.error = Some(format!(
+                "recording the run failed: {source} (stages committed before stay committed)"
+            ));
+            *outcome
+        }
+        Err(other) => {
+            let message = format!("the run store refused the run: {other}");
+            summary.started = false;
+            summary.error = Some(message.clone());
+            failed_run(pipeline, "record", message).await
+        }
+    };
+    (result, Some(summary))
 }
 
 /// After the run: stages skipped by the engine because all their inputs were skipped, and stages
