@@ -5,13 +5,15 @@
 //! counter reaches zero is ready and starts at once. Nothing scans the whole graph per stage, and
 //! nothing recurses, so per-stage cost is flat from ten stages to ten million.
 //!
-//! **How a ready stage is started.** Ready stages are spawned as tokio tasks, except the last one
-//! the driver can start at that moment (the only one, in a chain), whose future it polls once,
-//! inline. A stage that completes on that first poll (most CPU-light stages do) costs no task
-//! spawn and no cross-thread wake-up, which is what keeps a long chain near the cost of a plain
-//! loop. A stage that is still pending after that poll becomes a task too, so independent stages
-//! run in parallel on the multi-threaded runtime.
-//! Moving a polled future into a task is sound because stage futures are boxed (pinned on the heap).
+//! **How a ready stage is started.** The last stage the driver can start at a given moment (the
+//! only one, in a chain) is polled once, inline. A stage that completes on that first poll (most
+//! CPU-light stages do) costs no task spawn and no cross-thread wake-up, which is what keeps a long
+//! chain near the cost of a plain loop. When several stages are ready at once, the others start as
+//! tokio tasks so that they run in parallel on the multi-threaded runtime, unless the driver has
+//! measured that these siblings finish faster than a spawn would pay off: then it polls them inline
+//! too, and switches back to spawning as soon as one is slow (see `Run::drive`). A stage that is
+//! still pending after an inline poll becomes a task. Moving a polled future into a task is sound
+//! because stage futures are boxed (pinned on the heap).
 //!
 //! **Stopping.** A failure (error, `fail`/`retry` output, panic, or failing condition) or a cancel
 //! (a `cancel` output, or the caller's token) stops the run: no new stage starts, the run's
@@ -25,6 +27,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use serde_json::Value;
@@ -49,6 +52,14 @@ use resilience::Resilience;
 /// How many stages the driver completes inline before yielding to the scheduler, so a long chain
 /// never monopolizes a worker thread.
 const INLINE_YIELD_EVERY: u32 = 256;
+
+/// What spawning a stage as a task costs, roughly (spawn, cross-thread wake, join), on the
+/// machines we measure. With `w` workers, running a stage of `t` on the driver beats spawning it
+/// when `t < SPAWN_COST / (w - 1)`; see [`Run::drive`].
+const SPAWN_COST: Duration = Duration::from_micros(1);
+
+/// While siblings are being spawned, one in this many is still tried inline; see [`Run::drive`].
+const INLINE_PROBE_EVERY: u32 = 32;
 
 /// Reason given to stages skipped because every input was skipped.
 pub const UPSTREAM_SKIPPED: &str = "all upstream stages skipped";
@@ -326,21 +337,50 @@ impl Run {
         if cancel.is_cancelled() {
             self.stop_by_caller(); // cancelled before it started: run nothing
         }
+        // Several stages ready at once (a fan-out, a lattice layer): siblings start as tasks so
+        // that CPU-heavy ones run in parallel, but the driver learns whether that pays. It times
+        // the inline polls it does anyway (the batch's last stage) plus one probe in every
+        // `INLINE_PROBE_EVERY` siblings; while those finish faster than a spawn would pay off
+        // (`SPAWN_COST / (workers - 1)`), later siblings are polled inline too, which for cheap
+        // stages beats any parallel schedule. One slow poll switches back to spawning. Stages that
+        // wait (return pending) become tasks in every case. Pure chains never time anything.
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        let inline_budget = match workers {
+            0 | 1 => Duration::MAX,
+            w => SPAWN_COST / (w as u32 - 1),
+        };
+        let mut siblings_cheap = false;
+        let mut probe = 0u32;
+        let mut batch = 0u32;
 
         loop {
             // Start whatever is ready, up to the concurrency cap.
             while self.stop.is_none() && running < max_concurrency {
                 let Some(idx) = self.ready.pop_front() else {
+                    batch = 0;
                     break;
                 };
                 let Some(mut fut) = self.start(idx) else {
                     continue; // skipped or failed before running
                 };
-                if self.ready.is_empty() || running + 1 >= max_concurrency {
-                    // The last stage we can start now: poll it inline and spawn it only if it
-                    // has to wait. Its siblings (if any) are already running as tasks.
+                batch += 1;
+                let last = self.ready.is_empty() || running + 1 >= max_concurrency;
+                let probing = !last && !siblings_cheap && {
+                    probe = probe.wrapping_add(1);
+                    probe % INLINE_PROBE_EVERY == 0
+                };
+                if last || siblings_cheap || probing {
+                    // Poll it inline and spawn it only if it has to wait. A last stage's
+                    // siblings, if any, are already running as tasks.
+                    let timed = (batch > 1).then(Instant::now);
+                    if last {
+                        batch = 0; // a chain step is a batch of one: never timed
+                    }
                     let polled =
                         std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await;
+                    if let Some(started) = timed {
+                        siblings_cheap = started.elapsed() <= inline_budget;
+                    }
                     match polled {
                         Poll::Ready(result) => {
                             self.complete(idx, result.into());

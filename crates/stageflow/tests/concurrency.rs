@@ -288,3 +288,40 @@ async fn concurrent_runs_are_each_capped_independently() {
         assert!(gauge.max() <= CAP, "run {run}: {}", gauge.max());
     }
 }
+
+/// Siblings that finish on their first poll may run inline on the driver, but CPU-heavy
+/// siblings (no await at all) must still be spread over the workers: once one inline poll takes
+/// longer than a spawn would cost, the rest of the batch is spawned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_heavy_siblings_without_awaits_still_run_in_parallel() {
+    let active = Arc::new(AtomicUsize::new(0));
+    let max_seen = Arc::new(AtomicUsize::new(0));
+    let (a, m) = (active.clone(), max_seen.clone());
+    let busy = move |_ctx: StageContext| {
+        let (active, max_seen) = (a.clone(), m.clone());
+        async move {
+            let now = active.fetch_add(1, Ordering::SeqCst) + 1;
+            max_seen.fetch_max(now, Ordering::SeqCst);
+            // Spin (never yield) until another stage runs at the same time, or give up.
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while max_seen.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+                std::hint::spin_loop();
+            }
+            active.fetch_sub(1, Ordering::SeqCst);
+            StageOutput::ok()
+        }
+    };
+    let graph = Pipeline::builder("cpu")
+        .stage("source", noop)
+        .with_parallel("source", 6, |i| {
+            StageSpec::new(format!("busy_{i}"), busy.clone())
+        })
+        .build()
+        .unwrap();
+    let report = graph.run(()).await.unwrap();
+    assert!(report.is_completed());
+    assert!(
+        max_seen.load(Ordering::SeqCst) >= 2,
+        "CPU-heavy siblings never overlapped"
+    );
+}

@@ -91,12 +91,14 @@ fn build(shape: &Shape, tracker: &Arc<Tracker>) -> Result<Graph, CliError> {
 fn measure_shape(shape: &Shape, env: &Env<'_>) -> Result<ScaleRow, CliError> {
     let stages = shape.stage_count();
     let (mut build_ms, mut run_ms, mut bytes, mut calls) = (vec![], vec![], vec![], vec![]);
+    let mut graph_bytes = vec![];
     let (mut golden_ok, mut completed) = (true, true);
     for _ in 0..env.repeat {
         let tracker = Tracker::new();
         let started = Instant::now();
         let graph = build(shape, &tracker)?;
         build_ms.push(ms(started.elapsed()));
+        graph_bytes.push(graph.structure_bytes() as f64 / stages as f64);
 
         let options = env.options(Retention::Sinks);
         let before = alloc::snapshot();
@@ -127,6 +129,7 @@ fn measure_shape(shape: &Shape, env: &Env<'_>) -> Result<ScaleRow, CliError> {
         build_ms: median(build_ms),
         run_ms: run_median,
         per_stage_us: run_median * 1_000.0 / stages as f64,
+        graph_bytes_per_stage: median(graph_bytes),
         peak_rss_mb: memory::peak_rss_mb(),
         alloc_bytes_per_stage: median(bytes),
         allocs_per_stage: median(calls),

@@ -293,6 +293,9 @@ pub struct ScaleRow {
     pub run_ms: f64,
     /// `run_ms` per stage, in µs.
     pub per_stage_us: f64,
+    /// Heap bytes of the built graph's own structure (names, adjacency, node table) per stage,
+    /// from [`stageflow::Graph::structure_bytes`]; stage objects are shared and not counted.
+    pub graph_bytes_per_stage: f64,
     /// Peak resident memory while building and running this size (all repeats), in MiB; `null`
     /// where it cannot be measured.
     pub peak_rss_mb: Option<f64>,

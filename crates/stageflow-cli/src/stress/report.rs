@@ -9,11 +9,12 @@
 use super::{FailRow, Rows, ScaleRow, ScenarioReport};
 
 /// Column headers of `depth`, `wide` and `lattice` tables.
-const SCALE_HEADERS: [&str; 9] = [
+const SCALE_HEADERS: [&str; 10] = [
     "stages",
     "build_ms",
     "run_ms",
     "per_stage_us",
+    "graph_bytes_per_stage",
     "peak_rss_mb",
     "alloc_bytes_per_stage",
     "allocs_per_stage",
@@ -83,6 +84,7 @@ fn scale_cells(row: &ScaleRow) -> Vec<String> {
         fixed_ms(row.build_ms),
         fixed_ms(row.run_ms),
         format!("{:.3}", row.per_stage_us),
+        format!("{:.0}", row.graph_bytes_per_stage),
         row.peak_rss_mb
             .map_or_else(|| "n/a".to_owned(), |mb| format!("{mb:.1}")),
         format!("{:.1}", row.alloc_bytes_per_stage),
