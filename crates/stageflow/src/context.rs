@@ -427,19 +427,17 @@ impl StageContext {
     /// # }
     /// ```
     pub fn emit_event(&self, event_type: impl Into<String>, data: impl Serialize) -> bool {
-        let Some(obs) = &self.run.observe else {
-            return false;
-        };
-        if obs.sink.is_none() {
-            return false;
+        if self
+            .run
+            .observe
+            .as_ref()
+            .is_none_or(|obs| obs.sink.is_none())
+        {
+            return false; // nothing listens: do not even serialize the data
         }
         let data = serde_json::to_value(data)
             .unwrap_or_else(|e| Value::String(format!("unserializable event data: {e}")));
-        let event = obs
-            .event(EventKind::Custom(event_type.into().into()))
-            .with_stage(self.stage_name(), self.kind())
-            .with_data(data);
-        obs.emit_external(event)
+        self.emit_lifecycle(EventKind::Custom(event_type.into().into()), data)
     }
 }
 

@@ -127,6 +127,11 @@ type StageFuture = futures_util::future::CatchUnwind<
     AssertUnwindSafe<futures_util::future::BoxFuture<'static, StageResult>>,
 >;
 
+/// Runs a stage future as its own task; it reports back through the task set.
+fn spawn_stage(tasks: &mut JoinSet<(u32, Finished)>, idx: u32, fut: StageFuture) {
+    tasks.spawn(async move { (idx, Finished::from(fut.await)) });
+}
+
 struct Run {
     graph: Arc<GraphInner>,
     shared: Arc<RunShared>,
@@ -286,7 +291,7 @@ impl Run {
     fn attach(&mut self, mut ext: Box<RunExt>) {
         let restored = std::mem::take(&mut ext.restored);
         if !restored.is_empty() {
-            let graph = &*self.graph;
+            let graph = self.graph.clone();
             for (idx, output) in restored {
                 let i = idx as usize;
                 if self.state[i].pending_deps == RESTORED {
@@ -303,11 +308,7 @@ impl Run {
                         s.pending_deps -= 1;
                     }
                 }
-                if output.is_skipped() {
-                    self.stats.skipped += 1;
-                } else {
-                    self.stats.succeeded += 1;
-                }
+                self.count_output(&output);
                 self.state[i].output = Some(output);
             }
             let sinks_only = self.retention == Retention::Sinks;
@@ -404,14 +405,14 @@ impl Run {
                     }
                 }
                 running += 1;
-                tasks.spawn(async move { (idx, Finished::from(fut.await)) });
+                spawn_stage(&mut tasks, idx, fut);
             }
             // Guard retry re-runs (see `resilience`), queued by `complete`.
             if !self.res.respawn.is_empty() {
                 for (idx, fut) in self.res.respawn.drain(..) {
                     if self.stop.is_none() {
                         running += 1;
-                        tasks.spawn(async move { (idx, Finished::from(fut.await)) });
+                        spawn_stage(&mut tasks, idx, fut);
                     }
                 }
             }
@@ -635,22 +636,33 @@ impl Run {
             }
         }
         self.count_output(&output);
-        let graph = &*self.graph;
-        for &j in graph.dependents(idx) {
-            // A producer under guard retry releases only its guard for now; the others wait for
-            // the guard's verdict.
-            if held.is_some_and(|guard| guard != j) {
-                continue;
-            }
-            let s = &mut self.state[j as usize];
-            s.pending_deps -= 1;
-            if s.pending_deps == 0 {
-                self.ready.push_back(j);
-            }
-        }
+        // A producer under guard retry releases only its guard for now; the others wait for the
+        // guard's verdict.
+        self.release_dependents(idx, |j| held.is_none_or(|guard| guard == j));
         self.state[idx as usize].output = Some(Arc::new(output));
         if let Some(ext) = self.ext.as_deref_mut() {
             ext.finished(idx, &self.shared, &mut self.state, &mut self.ready);
+        }
+    }
+
+    /// `idx` finished: each dependent selected by `release` has one dependency fewer to wait for,
+    /// and becomes ready when none is left.
+    fn release_dependents(&mut self, idx: u32, release: impl Fn(u32) -> bool) {
+        let Run {
+            graph,
+            state,
+            ready,
+            ..
+        } = self;
+        for &j in graph.dependents(idx) {
+            if !release(j) {
+                continue;
+            }
+            let s = &mut state[j as usize];
+            s.pending_deps -= 1;
+            if s.pending_deps == 0 {
+                ready.push_back(j);
+            }
         }
     }
 
@@ -669,14 +681,7 @@ impl Run {
             // which `start` then skips as "upstream failed".
             self.state[idx as usize].output = Some(Arc::new(StageOutput::fail(cause.to_string())));
             self.res.failures.push((idx, cause));
-            let graph = &*self.graph;
-            for &j in graph.dependents(idx) {
-                let s = &mut self.state[j as usize];
-                s.pending_deps -= 1;
-                if s.pending_deps == 0 {
-                    self.ready.push_back(j);
-                }
-            }
+            self.release_dependents(idx, |_| true);
             self.guard_failed(idx);
             return;
         }
@@ -750,52 +755,47 @@ impl Run {
         };
         let duration = shared.timer.elapsed();
         let identity = shared.identity.clone();
-        match stop {
-            None => Ok(RunReport {
-                identity,
-                status: RunStatus::Completed,
-                results,
-                stats,
-                duration,
-                observability: None,
-                cleanup_errors,
-            }),
-            Some(Stop::Cancelled { stage, reason }) => Ok(RunReport {
-                identity,
-                status: RunStatus::Cancelled {
-                    stage: stage.map(|i| graph.name(i).to_owned()),
-                    reason,
-                },
-                results,
-                stats,
-                duration,
-                observability: None,
-                cleanup_errors,
-            }),
-            Some(Stop::Failed { stage, cause }) => Err(RunFailure {
-                identity,
-                stage: graph.name(stage).to_owned(),
-                cause,
-                partial: results,
-                stats,
-                duration,
-                observability: None,
-                failures: failures
-                    .into_iter()
-                    .map(|(i, cause)| StageFailure {
-                        stage: graph.name(i).to_owned(),
-                        cause,
-                    })
-                    .collect(),
-                skipped_upstream: skipped_upstream
-                    .into_iter()
-                    .map(|(i, root)| UpstreamSkip {
-                        stage: graph.name(i).to_owned(),
-                        failed: graph.name(root).to_owned(),
-                    })
-                    .collect(),
-                cleanup_errors,
-            }),
-        }
+        let status = match stop {
+            None => RunStatus::Completed,
+            Some(Stop::Cancelled { stage, reason }) => RunStatus::Cancelled {
+                stage: stage.map(|i| graph.name(i).to_owned()),
+                reason,
+            },
+            Some(Stop::Failed { stage, cause }) => {
+                return Err(RunFailure {
+                    identity,
+                    stage: graph.name(stage).to_owned(),
+                    cause,
+                    partial: results,
+                    stats,
+                    duration,
+                    observability: None,
+                    failures: failures
+                        .into_iter()
+                        .map(|(i, cause)| StageFailure {
+                            stage: graph.name(i).to_owned(),
+                            cause,
+                        })
+                        .collect(),
+                    skipped_upstream: skipped_upstream
+                        .into_iter()
+                        .map(|(i, root)| UpstreamSkip {
+                            stage: graph.name(i).to_owned(),
+                            failed: graph.name(root).to_owned(),
+                        })
+                        .collect(),
+                    cleanup_errors,
+                });
+            }
+        };
+        Ok(RunReport {
+            identity,
+            status,
+            results,
+            stats,
+            duration,
+            observability: None,
+            cleanup_errors,
+        })
     }
 }

@@ -384,9 +384,7 @@ impl Graph {
                         if !too_many(&errors) {
                             let hint = if suggestions_left > 0 {
                                 suggestions_left -= 1;
-                                nearest_name(&specs, dep)
-                                    .map(|n| format!("; did you mean `{n}`?"))
-                                    .unwrap_or_default()
+                                did_you_mean(&specs, dep)
                             } else {
                                 String::new()
                             };
@@ -429,9 +427,7 @@ impl Graph {
             if let Scope::Stages(stages) = &reg.scope {
                 for stage in stages {
                     if names.find(stage).is_none() && !too_many(&errors) {
-                        let hint = nearest_name(&specs, stage)
-                            .map(|n| format!("; did you mean `{n}`?"))
-                            .unwrap_or_default();
+                        let hint = did_you_mean(&specs, stage);
                         errors.push(ValidationError::new(
                             ErrorCode::InvalidPolicy,
                             Some(stage),
@@ -640,6 +636,13 @@ fn find_cycle(deps: &Csr, ordered: &[u32], n: usize) -> Vec<u32> {
         position[next as usize] = walk.len() as u32;
         walk.push(next);
     }
+}
+
+/// `"; did you mean `x`?"` for the existing name closest to `missing`, or nothing.
+fn did_you_mean(specs: &[StageSpec], missing: &str) -> String {
+    nearest_name(specs, missing)
+        .map(|n| format!("; did you mean `{n}`?"))
+        .unwrap_or_default()
 }
 
 /// The existing stage name closest to `missing` (Levenshtein), if any is reasonably close.

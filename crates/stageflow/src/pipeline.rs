@@ -36,6 +36,15 @@ use crate::stage::{SharedStage, Stage, StageKind};
 pub(crate) type Condition =
     Arc<dyn Fn(&ConditionInputs<'_>) -> Result<bool, StageError> + Send + Sync>;
 
+/// Erases a user condition (returning `bool` or `Result<bool, E>`) into a [`Condition`].
+fn condition_from<F, R>(condition: F) -> Condition
+where
+    F: Fn(&ConditionInputs<'_>) -> R + Send + Sync + 'static,
+    R: IntoConditionResult,
+{
+    Arc::new(move |inputs| condition(inputs).into_condition_result())
+}
+
 /// The output key a router stage sets to pick a branch in
 /// [`Pipeline::with_conditional_branch`].
 pub const ROUTE_KEY: &str = "route";
@@ -203,9 +212,7 @@ impl StageSpec {
         F: Fn(&ConditionInputs<'_>) -> R + Send + Sync + 'static,
         R: IntoConditionResult,
     {
-        self.condition = Some(Arc::new(move |inputs| {
-            condition(inputs).into_condition_result()
-        }));
+        self.condition = Some(condition_from(condition));
         self
     }
 
@@ -413,8 +420,7 @@ impl Pipeline {
         F: Fn(&ConditionInputs<'_>) -> R + Send + Sync + 'static,
         R: IntoConditionResult,
     {
-        let condition: Condition =
-            Arc::new(move |inputs| condition(inputs).into_condition_result());
+        let condition = condition_from(condition);
         self.modify_last("when", |spec| spec.condition = Some(condition))
     }
 

@@ -355,18 +355,9 @@ impl Run {
         if !std::mem::take(&mut st.holding) {
             return;
         }
-        let graph = self.graph.clone();
-        let plan = &graph.guards[i];
-        for &j in graph.dependents(plan.producer) {
-            if j == plan.guard {
-                continue;
-            }
-            let s = &mut self.state[j as usize];
-            s.pending_deps -= 1;
-            if s.pending_deps == 0 {
-                self.ready.push_back(j);
-            }
-        }
+        let plan = &self.graph.guards[i];
+        let (producer, guard) = (plan.producer, plan.guard);
+        self.release_dependents(producer, |j| j != guard);
     }
 
     /// Queues a re-run of `idx` with `inputs`, limited by the guard retry's deadline.
