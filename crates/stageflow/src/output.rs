@@ -341,11 +341,18 @@ impl StageOutput {
     /// key, so a bad value is never dropped silently.
     pub fn with(mut self, key: impl Into<Key>, value: impl Serialize) -> Self {
         let key = key.into();
-        if let Err(err) = self.data.insert(key.clone(), value) {
-            self.status = StageStatus::Fail;
-            self.message = Some(format!("output key `{key}` could not be serialized: {err}"));
+        match serde_json::to_value(value) {
+            Ok(value) => self.data.insert_value(key, value),
+            Err(err) => self.unserializable(format_args!("output key `{key}`"), err),
         }
         self
+    }
+
+    /// Turns the output into a failure saying that `what` could not be serialized, so a bad
+    /// value is never dropped silently.
+    fn unserializable(&mut self, what: fmt::Arguments<'_>, err: serde_json::Error) {
+        self.status = StageStatus::Fail;
+        self.message = Some(format!("{what} could not be serialized: {err}"));
     }
 
     /// Attaches a custom event, forwarded to the run's event sink (as type `event_type`, with the
@@ -366,12 +373,7 @@ impl StageOutput {
                 .extras_mut()
                 .events
                 .push(CustomEvent { event_type, data }),
-            Err(err) => {
-                self.status = StageStatus::Fail;
-                self.message = Some(format!(
-                    "event `{event_type}` could not be serialized: {err}"
-                ));
-            }
+            Err(err) => self.unserializable(format_args!("event `{event_type}`"), err),
         }
         self
     }
@@ -389,10 +391,7 @@ impl StageOutput {
         let kind = kind.into();
         match serde_json::to_value(payload) {
             Ok(payload) => self.extras_mut().artifacts.push(Artifact { kind, payload }),
-            Err(err) => {
-                self.status = StageStatus::Fail;
-                self.message = Some(format!("artifact `{kind}` could not be serialized: {err}"));
-            }
+            Err(err) => self.unserializable(format_args!("artifact `{kind}`"), err),
         }
         self
     }
