@@ -325,7 +325,7 @@ impl Run {
                 }
             }
         }
-        ext.attach(&self.graph, &mut self.state, &mut self.ready);
+        ext.attach(&mut self.state, &mut self.ready);
         self.ext = Some(ext);
     }
 

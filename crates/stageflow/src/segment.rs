@@ -413,13 +413,9 @@ impl SegmentGate {
         &self.members[self.offsets[s]..self.offsets[s + 1]]
     }
 
-    pub(crate) fn attach(
-        &mut self,
-        _graph: &GraphInner,
-        state: &mut [NodeState],
-        ready: &mut VecDeque<u32>,
-        _recorder: Option<&mut Recorder>,
-    ) {
+    /// Counts what is left of each segment (restored stages are done), opens the first segment
+    /// with work left, and holds every later one back by one pending dependency.
+    pub(crate) fn attach(&mut self, state: &mut [NodeState], ready: &mut VecDeque<u32>) {
         for s in 0..self.remaining.len() {
             let left = self
                 .members(s)
@@ -434,12 +430,12 @@ impl SegmentGate {
             .iter()
             .position(|&r| r > 0)
             .unwrap_or(self.remaining.len());
-        for s in self.current + 1..self.remaining.len() {
-            for k in self.offsets[s]..self.offsets[s + 1] {
-                let i = self.members[k] as usize;
-                if state[i].pending_deps != RESTORED {
-                    state[i].pending_deps += 1;
-                }
+        // Members are stored segment by segment: the later segments are one tail.
+        let later = self.offsets[(self.current + 1).min(self.remaining.len())];
+        for &i in &self.members[later..] {
+            let st = &mut state[i as usize];
+            if st.pending_deps != RESTORED {
+                st.pending_deps += 1;
             }
         }
         let current = self.current as u32;
@@ -471,8 +467,7 @@ impl SegmentGate {
             }
             self.opened_at = Instant::now();
             self.emit(shared, self.current, "started");
-            for k in self.offsets[self.current]..self.offsets[self.current + 1] {
-                let i = self.members[k];
+            for &i in self.members(self.current) {
                 let st = &mut state[i as usize];
                 if st.pending_deps != RESTORED {
                     st.pending_deps -= 1;

@@ -52,7 +52,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::context::{RunIdentity, StageContext};
@@ -258,12 +258,8 @@ impl Stage for Subpipeline {
         let results = report.results();
         for sink in self.graph.sinks() {
             if let Some(out) = results.get(sink) {
-                let data: Map<String, Value> = out
-                    .data()
-                    .iter()
-                    .map(|(k, v)| (k.to_owned(), v.clone()))
-                    .collect();
-                output = output.with(sink.to_owned(), Value::Object(data));
+                // `OutputData` serializes as a JSON object: one copy of the values.
+                output = output.with(sink.to_owned(), out.data());
             }
         }
         let stats = report.stats();

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use super::recorder::Recorder;
 use crate::context::RunShared;
 use crate::executor::NodeState;
-use crate::graph::GraphInner;
 use crate::output::StageOutput;
 use crate::segment::SegmentGate;
 
@@ -23,14 +22,10 @@ pub(crate) struct RunExt {
 
 impl RunExt {
     /// Called once, after the restored stages were marked done and before the first stage starts.
-    pub(crate) fn attach(
-        &mut self,
-        graph: &GraphInner,
-        state: &mut [NodeState],
-        ready: &mut VecDeque<u32>,
-    ) {
+    // `_graph` is unused: kept while the executor passes it.
+    pub(crate) fn attach(&mut self, state: &mut [NodeState], ready: &mut VecDeque<u32>) {
         if let Some(gate) = &mut self.segments {
-            gate.attach(graph, state, ready, self.recorder.as_mut());
+            gate.attach(state, ready);
         }
     }
 

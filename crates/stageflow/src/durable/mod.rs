@@ -86,10 +86,9 @@ mod recorder;
 
 pub(crate) use recorder::Recorder;
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use uuid::Uuid;
@@ -420,8 +419,6 @@ impl Graph {
             checkpoint.store.clone(),
             run_id,
             checkpoint.durability,
-            Instant::now(),
-            SystemTime::now(),
         );
         ext.recorder = Some(recorder);
         let result = self.run_extended(input, options, Some(Box::new(ext))).await;
@@ -518,11 +515,10 @@ fn load_committed(
             })
             .map(|i| g.name(i))
             .collect();
-        let mut outputs = HashSet::with_capacity(needed.len());
         for stage in store.load_stage_records(run_id, &needed)? {
             if let (Some(idx), Some(output)) = (g.index_of(&stage.stage), stage.output) {
-                if restorable(output.status()) && done[idx as usize].is_some() {
-                    outputs.insert(idx);
+                // Taken out of `done`: restored with its real output, not a stand-in below.
+                if restorable(output.status()) && done[idx as usize].take().is_some() {
                     restored.push((idx, Arc::new(output)));
                 }
             }
@@ -531,11 +527,9 @@ fn load_committed(
         let ok = Arc::new(StageOutput::ok());
         let skip = Arc::new(StageOutput::skip("restored from a checkpoint"));
         for (i, status) in done.iter().enumerate() {
-            let i = i as u32;
             match status {
-                Some(_) if outputs.contains(&i) => {}
-                Some(StageStatus::Skip) => restored.push((i, skip.clone())),
-                Some(_) => restored.push((i, ok.clone())),
+                Some(StageStatus::Skip) => restored.push((i as u32, skip.clone())),
+                Some(_) => restored.push((i as u32, ok.clone())),
                 None => {}
             }
         }

@@ -46,16 +46,14 @@ pub(crate) struct WriterOutcome {
 }
 
 impl Recorder {
-    /// Starts the writer thread for run `run_id` of `graph`, started at `base` (monotonic) /
-    /// `base_wall` (wall clock).
+    /// Starts the writer thread for run `run_id` of `graph`; stage times count from now.
     pub(crate) fn start(
         graph: Arc<GraphInner>,
         store: Arc<dyn RunStore>,
         run_id: Uuid,
         durability: Durability,
-        base: Instant,
-        base_wall: SystemTime,
     ) -> (Recorder, JoinHandle<WriterOutcome>) {
+        let (base, base_wall) = (Instant::now(), SystemTime::now());
         let (tx, rx) = mpsc::channel();
         let n = graph.len();
         let writer = Writer {

@@ -220,6 +220,14 @@ struct State {
     error: Option<(io::ErrorKind, String)>,
 }
 
+/// `Ok`, or the stored first write error (a fresh `io::Error` each time it is reported).
+fn stored_result(error: &Option<(io::ErrorKind, String)>) -> io::Result<()> {
+    match error {
+        None => Ok(()),
+        Some((kind, msg)) => Err(io::Error::new(*kind, msg.clone())),
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Wake {
     /// The writer is busy (or already woken): nobody needs waking.
@@ -378,10 +386,7 @@ impl Writer {
             if !flushers.is_empty() {
                 let error = inner.lock().error.clone();
                 for f in flushers {
-                    let _ = f.send(match &error {
-                        None => Ok(()),
-                        Some((kind, msg)) => Err(io::Error::new(*kind, msg.clone())),
-                    });
+                    let _ = f.send(stored_result(&error));
                 }
             }
             if closing {
@@ -445,10 +450,7 @@ impl JsonlSink {
         if let Some(rx) = rx {
             let _ = rx.await;
         }
-        match inner.lock().error.clone() {
-            None => Ok(()),
-            Some((kind, msg)) => Err(io::Error::new(kind, msg)),
-        }
+        stored_result(&inner.lock().error)
     }
 }
 
@@ -507,10 +509,7 @@ impl EventSink for JsonlSink {
         let rx = {
             let mut st = inner.lock();
             if st.closed {
-                return match &st.error {
-                    None => Ok(()),
-                    Some((kind, msg)) => Err(io::Error::new(*kind, msg.clone())),
-                };
+                return stored_result(&st.error);
             }
             let (tx, rx) = oneshot::channel();
             st.flushers.push(tx);

@@ -83,8 +83,28 @@ impl ObsShared {
         self.skipped.store(stats.skipped as u64, Ordering::Relaxed);
     }
 
-    fn timestamp(&self, at: Instant) -> SystemTime {
-        self.start_wall + at.saturating_duration_since(self.start)
+    /// Nanoseconds from the run's start to `at`.
+    fn since_start_ns(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.start).as_nanos() as u64
+    }
+
+    /// A run-level event of this run, stamped `at` on the run's clock (no clock read).
+    fn event_at(&self, kind: EventKind, at: Instant) -> Event {
+        Event {
+            kind,
+            run_id: self.run_id,
+            parent_run_id: self.parent_run_id,
+            root_run_id: self.root_run_id,
+            pipeline: self.pipeline.clone(),
+            stage: None,
+            stage_kind: None,
+            timestamp: self.start_wall + at.saturating_duration_since(self.start),
+            duration: None,
+            status: None,
+            error: None,
+            allocated_bytes: None,
+            data: Value::Null,
+        }
     }
 
     /// Emits from outside the executor (a stage context, the sampler). Returns whether the sink
@@ -152,8 +172,8 @@ struct Sampler {
 
 /// Per-run observer, owned by the executor.
 pub(crate) struct Observer {
+    /// Holds the sink (`shared.sink`), if any.
     shared: Arc<ObsShared>,
-    sink: Option<Arc<dyn EventSink>>,
     /// Whether a report is attached to the result (something was configured).
     report: bool,
     run_span: Option<Span>,
@@ -165,7 +185,6 @@ pub(crate) struct Observer {
     summary: Option<SummaryOptions>,
     wide: WideEvents,
     progress: Option<ProgressObserver>,
-    progress_every: Option<std::time::Duration>,
     watchdog: Option<Watchdog>,
     memory: bool,
     rss_start: Option<u64>,
@@ -237,13 +256,14 @@ impl Observer {
         } else {
             None
         };
+        let has_sink = sink.is_some();
         let shared = Arc::new(ObsShared {
             run_id: identity.run_id,
             parent_run_id: identity.parent_run_id,
             root_run_id: identity.root_run_id,
             pipeline: Name::from(graph.pipeline_name()),
             graph: graph.clone(),
-            sink: sink.clone(),
+            sink,
             states: (0..n).map(|_| AtomicU8::new(NOT_STARTED)).collect(),
             alloc_slots: if alloc_counter.is_some() {
                 (0..n).map(|_| AtomicU64::new(0)).collect()
@@ -262,16 +282,15 @@ impl Observer {
             start: timer.started(),
             start_wall: timer.started_at(),
         });
-        let wide = if sink.is_some() {
+        let wide = if has_sink {
             config.wide
         } else {
             WideEvents::none()
         };
-        let need_starts = sink.is_some() || config.summary.is_some();
+        let need_starts = has_sink || config.summary.is_some();
         let stage_spans =
             run_span.is_some() && tracing::span_enabled!(target: "stageflow", tracing::Level::INFO);
         let mut obs = Box::new(Observer {
-            sink,
             report,
             run_span,
             stage_spans,
@@ -284,7 +303,6 @@ impl Observer {
             summary: config.summary,
             wide,
             progress: config.progress.clone(),
-            progress_every: config.progress.as_ref().map(|p| p.every),
             watchdog: config.watchdog,
             memory,
             rss_start: if memory { memory::current_rss() } else { None },
@@ -309,7 +327,7 @@ impl Observer {
     /// Whether anything is done per stage (events, spans, durations, watchdog, allocation
     /// counting). If not, the executor keeps the observer off its per-stage path.
     pub(crate) fn per_stage(&self) -> bool {
-        self.sink.is_some()
+        self.shared.sink.is_some()
             || self.stage_spans
             || !self.starts.is_empty()
             || self.watchdog.is_some()
@@ -330,7 +348,7 @@ impl Observer {
     pub(crate) fn run_started(&mut self) {
         self.emit_run(EventKind::PipelineStarted, |_| {});
         let intervals = [
-            self.progress_every,
+            self.progress.as_ref().map(|p| p.every),
             self.watchdog.map(|w| w.interval()),
             self.memory.then(|| Duration::from_millis(100)),
         ];
@@ -353,7 +371,7 @@ impl Observer {
     }
 
     fn emit(&mut self, event: Event) {
-        if let Some(sink) = &self.sink {
+        if let Some(sink) = &self.shared.sink {
             if sink.try_emit(event) {
                 self.emitted += 1;
             } else {
@@ -363,9 +381,8 @@ impl Observer {
     }
 
     fn emit_run(&mut self, kind: EventKind, fill: impl FnOnce(&mut Event)) {
-        if self.sink.is_some() {
-            let mut event = self.shared.event(kind);
-            event.timestamp = self.shared.timestamp(Instant::now());
+        if self.shared.sink.is_some() {
+            let mut event = self.shared.event_at(kind, Instant::now());
             fill(&mut event);
             self.emit(event);
         }
@@ -373,21 +390,19 @@ impl Observer {
 
     #[inline]
     fn stage_event(&self, kind: EventKind, idx: u32, at: Instant) -> Event {
-        Event {
-            kind,
-            run_id: self.shared.run_id,
-            parent_run_id: self.shared.parent_run_id,
-            root_run_id: self.shared.root_run_id,
-            pipeline: self.shared.pipeline.clone(),
-            stage: Some(Name::from(self.shared.graph.name(idx))),
-            stage_kind: Some(self.shared.graph.kind(idx)),
-            timestamp: self.shared.timestamp(at),
-            duration: None,
-            status: None,
-            error: None,
-            allocated_bytes: None,
-            data: Value::Null,
-        }
+        let mut event = self.shared.event_at(kind, at);
+        event.stage = Some(Name::from(self.shared.graph.name(idx)));
+        event.stage_kind = Some(self.shared.graph.kind(idx));
+        event
+    }
+
+    /// How long stage `idx` has run at `now` (`None` if its start was not recorded).
+    fn ran_for(&self, idx: u32, now: Instant) -> Option<Duration> {
+        let started = self.starts[idx as usize];
+        (started != 0).then(|| {
+            let end = self.shared.since_start_ns(now);
+            Duration::from_nanos(end.saturating_sub(started - 1))
+        })
     }
 
     fn stage_span(&self, idx: u32) -> Span {
@@ -423,9 +438,8 @@ impl Observer {
             .store(self.started, Ordering::Relaxed);
         if !self.starts.is_empty() {
             let now = Instant::now();
-            let ns = now.saturating_duration_since(self.shared.start).as_nanos() as u64;
-            self.starts[idx as usize] = ns + 1;
-            if self.sink.is_some() {
+            self.starts[idx as usize] = self.shared.since_start_ns(now) + 1;
+            if self.shared.sink.is_some() {
                 let mut event = self.stage_event(EventKind::StageStarted, idx, now);
                 event.status = Some(Cow::Borrowed("running"));
                 self.emit(event);
@@ -471,11 +485,7 @@ impl Observer {
             return;
         }
         let now = Instant::now();
-        let started = self.starts[i];
-        let duration = (started != 0).then(|| {
-            let end = now.saturating_duration_since(self.shared.start).as_nanos() as u64;
-            Duration::from_nanos(end.saturating_sub(started - 1))
-        });
+        let duration = self.ran_for(idx, now);
         if !self.durations.is_empty() {
             self.durations[i] = duration.map_or(0, |d| d.as_nanos() as u64);
         }
@@ -486,7 +496,7 @@ impl Observer {
             self.alloc_total += bytes;
             Some(bytes)
         };
-        if self.sink.is_none() {
+        if self.shared.sink.is_none() {
             return;
         }
         if let Outcome::Output(out) = &outcome {
@@ -602,18 +612,14 @@ impl Observer {
         };
 
         // Stages still marked running were aborted when the run stopped.
-        if status_str != "completed" && self.sink.is_some() {
+        if status_str != "completed" && self.shared.sink.is_some() {
             let now = Instant::now();
             for idx in 0..self.shared.states.len() as u32 {
                 if self.shared.states[idx as usize].load(Ordering::Relaxed) != RUNNING {
                     continue;
                 }
                 let mut event = self.stage_event(EventKind::StageCancelled, idx, now);
-                let started = self.starts[idx as usize];
-                if started != 0 {
-                    let end = now.saturating_duration_since(self.shared.start).as_nanos() as u64;
-                    event.duration = Some(Duration::from_nanos(end.saturating_sub(started - 1)));
-                }
+                event.duration = self.ran_for(idx, now);
                 event.status = Some(Cow::Borrowed("aborted"));
                 event.error = Some("the run stopped while the stage was running".to_owned());
                 self.emit(event);
@@ -654,7 +660,7 @@ impl Observer {
             },
             Err(f) => (EventKind::PipelineFailed, Some(f.to_string())),
         };
-        if self.sink.is_some() {
+        if self.shared.sink.is_some() {
             let counts = json!({
                 "total": stats.total,
                 "started": stats.started,
@@ -697,7 +703,7 @@ impl Observer {
         }
 
         let mut sink_error = None;
-        if let Some(sink) = &self.sink {
+        if let Some(sink) = &self.shared.sink {
             if let Err(e) = sink.flush().await {
                 tracing::warn!(target: "stageflow", run_id = %self.shared.run_id, error = %e, "stageflow: flushing the event sink failed");
                 sink_error = Some(e.to_string());
@@ -803,8 +809,7 @@ async fn sample(
                     stages: names,
                 };
                 if shared.sink.is_some() {
-                    let mut event = shared.event(EventKind::PipelineStalled);
-                    event.timestamp = shared.timestamp(Instant::now());
+                    let mut event = shared.event_at(EventKind::PipelineStalled, Instant::now());
                     event.status = Some(Cow::Borrowed("stalled"));
                     event.data = json!({
                         "idle_ms": idle_for.as_secs_f64() * 1e3,

@@ -134,32 +134,28 @@ impl EventSink for TracingSink {
         let duration_ms = event.duration.map(|d| d.as_secs_f64() * 1e3);
         let error = event.error.as_deref();
         let data = (!event.data.is_null()).then(|| tracing::field::display(&event.data));
+        // `tracing` needs the level at compile time: one call site per level, same fields.
+        macro_rules! log {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "stageflow::events",
+                    $level,
+                    event_type = &*event_type,
+                    run_id = %event.run_id,
+                    pipeline = &*event.pipeline,
+                    stage,
+                    status,
+                    duration_ms,
+                    error,
+                    data,
+                    "{event_type}"
+                )
+            };
+        }
         if event.kind.is_problem() {
-            tracing::warn!(
-                target: "stageflow::events",
-                event_type = &*event_type,
-                run_id = %event.run_id,
-                pipeline = &*event.pipeline,
-                stage,
-                status,
-                duration_ms,
-                error,
-                data,
-                "{event_type}"
-            );
+            log!(tracing::Level::WARN);
         } else {
-            tracing::info!(
-                target: "stageflow::events",
-                event_type = &*event_type,
-                run_id = %event.run_id,
-                pipeline = &*event.pipeline,
-                stage,
-                status,
-                duration_ms,
-                error,
-                data,
-                "{event_type}"
-            );
+            log!(tracing::Level::INFO);
         }
         true
     }
