@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use super::diag::{codes, Diagnostic, Diagnostics, Sink, SourceFile};
 use super::expr::Expr;
-use super::format::{instance_name, Action, PipelineDef, StageDef};
+use super::format::{instance_name, matrix_value, Action, PipelineDef, StageDef};
 use super::lower;
 use super::parse::{parse_file, suggest};
 use super::template::{RefPath, Reference, Template};
@@ -37,6 +37,13 @@ pub(crate) struct Instance {
     pub(crate) name: String,
     /// Matrix values of this instance.
     pub(crate) matrix: Option<Arc<Vec<(String, Value)>>>,
+}
+
+impl Instance {
+    /// This instance's matrix values (`None` for a stage without a matrix).
+    pub(crate) fn matrix(&self) -> Option<&[(String, Value)]> {
+        self.matrix.as_deref().map(Vec::as_slice)
+    }
 }
 
 /// A pipeline file that passed every check, with its stages expanded and its child pipelines
@@ -584,13 +591,10 @@ fn is_static(expr: &Expr) -> bool {
 }
 
 /// Evaluates a static condition for one instance.
-pub(crate) fn static_holds(expr: &Expr, matrix: Option<&[(String, Value)]>) -> bool {
-    expr.holds(&mut |r| match (&r.path, matrix) {
-        (RefPath::Matrix(k), Some(m)) => m
-            .iter()
-            .find(|(key, _)| key == k)
-            .map_or(Value::Null, |(_, v)| v.clone()),
-        _ => Value::Null,
+fn static_holds(expr: &Expr, matrix: Option<&[(String, Value)]>) -> bool {
+    expr.holds(&mut |r| match &r.path {
+        RefPath::Matrix(k) => matrix_value(matrix, k).cloned().unwrap_or(Value::Null),
+        RefPath::Stage { .. } => Value::Null,
     })
 }
 
@@ -602,9 +606,7 @@ fn check_unreachable(loaded: &LoadedPipeline, sink: &mut Sink) {
     for (i, inst) in loaded.instances.iter().enumerate() {
         let stage = &def.stages[inst.def as usize];
         if let Some(c) = &stage.condition {
-            if is_static(&c.expr)
-                && !static_holds(&c.expr, inst.matrix.as_deref().map(Vec::as_slice))
-            {
+            if is_static(&c.expr) && !static_holds(&c.expr, inst.matrix()) {
                 dead[i] = true;
                 any = true;
             }

@@ -11,10 +11,6 @@ use super::duration::parse_duration;
 use super::graph_export::{self, GraphFormat};
 use super::run::{EXIT_INVALID, EXIT_OK};
 
-fn duration_arg(s: &str) -> Result<Duration, String> {
-    parse_duration(s)
-}
-
 /// `stageflow run FILE`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -30,7 +26,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
     /// After Ctrl-C, how long running commands get after SIGTERM before SIGKILL.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration_arg)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
     /// No per-stage lines, forwarded stderr or summary table; only the final line and errors.
     #[arg(long, short = 'q')]

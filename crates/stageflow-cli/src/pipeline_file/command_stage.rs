@@ -17,10 +17,10 @@ use serde_json::{json, Map, Value};
 use stageflow::{async_trait, ConditionInputs, Stage, StageContext, StageOutput, StageResult};
 use tokio::time::Instant;
 
-use super::check::MAX_DEPTH;
+use super::check::{LoadedPipeline, MAX_DEPTH};
 use super::control::Control;
 use super::duration::human;
-use super::format::{matrix_value_text, CommandLine};
+use super::format::{matrix_value, matrix_value_text, Action, CommandLine};
 use super::policy::{Attempt, Policy};
 use super::process::{self, Ending, ProcResult, ProcSpec, RunOpts};
 use super::runtime::{self, PipelineRun, State};
@@ -131,6 +131,11 @@ async fn run_command(run: &PipelineRun, i: usize, ctx: &StageContext) -> StageOu
         .await;
     let _ = tokio::fs::remove_file(&inputs_file).await;
     drop(permit);
+    conclude(run, i, outcome, attempts).await
+}
+
+/// Records how the last attempt of stage `i` ended and gives the stage's output.
+async fn conclude(run: &PipelineRun, i: usize, outcome: Attempt, attempts: u32) -> StageOutput {
     match outcome {
         Attempt::Ok(out) => {
             run.finish(i, State::Ok, None, attempts);
@@ -248,9 +253,8 @@ fn resolve_strict(
     matrix: Option<&[(String, Value)]>,
 ) -> Result<Value, String> {
     match &r.path {
-        RefPath::Matrix(key) => matrix
-            .and_then(|m| m.iter().find(|(k, _)| k == key))
-            .map(|(_, v)| Value::String(matrix_value_text(v)))
+        RefPath::Matrix(key) => matrix_value(matrix, key)
+            .map(|v| Value::String(matrix_value_text(v)))
             .ok_or_else(|| format!("`{{{{ {} }}}}`: no matrix key `{key}`", r.text)),
         RefPath::Stage { stage, keys } => {
             let out = ctx.output_of(stage).map_err(|e| e.to_string())?;
@@ -296,11 +300,9 @@ pub(crate) fn evaluate_condition(
     let Some(condition) = &def.condition else {
         return true;
     };
-    let matrix = run.loaded.instances[i].matrix.as_deref().map(Vec::as_slice);
+    let matrix = run.loaded.instances[i].matrix();
     let holds = condition.expr.holds(&mut |r| match &r.path {
-        RefPath::Matrix(key) => matrix
-            .and_then(|m| m.iter().find(|(k, _)| k == key))
-            .map_or(Value::Null, |(_, v)| v.clone()),
+        RefPath::Matrix(key) => matrix_value(matrix, key).cloned().unwrap_or(Value::Null),
         RefPath::Stage { stage, keys } => match inputs.output_of(stage) {
             Ok(out) => match keys.split_first() {
                 None => serde_json::to_value(out.data()).unwrap_or(Value::Null),
@@ -337,7 +339,7 @@ fn render(
 fn prepare(run: &PipelineRun, i: usize, ctx: &StageContext) -> Result<ProcSpec, String> {
     let loaded = &run.loaded;
     let def = loaded.stage_def(i);
-    let matrix = loaded.instances[i].matrix.as_deref().map(Vec::as_slice);
+    let matrix = loaded.instances[i].matrix();
     let mut env = base_env(run, Some(i));
     for var in &def.env {
         env.push((var.name.clone(), render(&var.value, ctx, matrix)?));
@@ -346,19 +348,24 @@ fn prepare(run: &PipelineRun, i: usize, ctx: &StageContext) -> Result<ProcSpec, 
         Some(t) => loaded.base_dir.join(render(t, ctx, matrix)?),
         None => loaded.base_dir.clone(),
     };
-    let super::format::Action::Command(command) = &def.action else {
+    let Action::Command(command) = &def.action else {
         return Err("internal error: not a command stage".into());
     };
+    command_spec(command, |t| render(t, ctx, matrix), env, dir)
+}
+
+/// The process of `command`, its templates rendered by `render`: `sh -c LINE`, or the argument
+/// vector.
+fn command_spec(
+    command: &CommandLine,
+    mut render: impl FnMut(&Template) -> Result<String, String>,
+    env: Vec<(String, String)>,
+    dir: PathBuf,
+) -> Result<ProcSpec, String> {
     let (program, args) = match command {
-        CommandLine::Shell(t) => (
-            "sh".to_owned(),
-            vec!["-c".to_owned(), render(t, ctx, matrix)?],
-        ),
+        CommandLine::Shell(t) => ("sh".to_owned(), vec!["-c".to_owned(), render(t)?]),
         CommandLine::Argv(parts) => {
-            let mut rendered = parts
-                .iter()
-                .map(|t| render(t, ctx, matrix))
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut rendered = parts.iter().map(render).collect::<Result<Vec<_>, _>>()?;
             if rendered.is_empty() {
                 return Err("empty command".into());
             }
@@ -383,30 +390,13 @@ pub(crate) fn render_command(
 ) -> Result<ProcSpec, String> {
     let render = |t: &Template| {
         t.render(|r| match &r.path {
-            RefPath::Matrix(key) => matrix
-                .and_then(|m| m.iter().find(|(k, _)| k == key))
-                .map(|(_, v)| Value::String(matrix_value_text(v)))
+            RefPath::Matrix(key) => matrix_value(matrix, key)
+                .map(|v| Value::String(matrix_value_text(v)))
                 .ok_or_else(|| format!("no matrix key `{key}`")),
             RefPath::Stage { .. } => Err("cleanup commands cannot read stage outputs".into()),
         })
     };
-    let (program, args) = match command {
-        CommandLine::Shell(t) => ("sh".to_owned(), vec!["-c".to_owned(), render(t)?]),
-        CommandLine::Argv(parts) => {
-            let mut rendered = parts.iter().map(render).collect::<Result<Vec<_>, _>>()?;
-            if rendered.is_empty() {
-                return Err("empty command".into());
-            }
-            let program = rendered.remove(0);
-            (program, rendered)
-        }
-    };
-    Ok(ProcSpec {
-        program,
-        args,
-        env,
-        dir,
-    })
+    command_spec(command, render, env, dir)
 }
 
 /// Writes the `$STAGEFLOW_INPUTS` document of stage `i`.
@@ -464,7 +454,7 @@ async fn run_child(run: &PipelineRun, i: usize, ctx: &StageContext) -> StageOutp
         return fail("internal error: the child pipeline was not loaded".into());
     };
     // The child's commands get this pipeline's environment and the stage's `env`.
-    let matrix = inst.matrix.as_deref().map(Vec::as_slice);
+    let matrix = inst.matrix();
     let mut inherited = base_env(run, None);
     inherited.retain(|(k, _)| !k.starts_with("STAGEFLOW_"));
     for var in &def.env {
@@ -482,22 +472,12 @@ async fn run_child(run: &PipelineRun, i: usize, ctx: &StageContext) -> StageOutp
             |_n, deadline| child_attempt(run, &child, &prefix, &inherited, ctx, deadline, policy),
         )
         .await;
-    match outcome {
-        Attempt::Ok(out) => {
-            run.finish(i, State::Ok, None, attempts);
-            out
-        }
-        Attempt::Failed(msg) => {
-            run.finish(i, State::Failed, Some(msg.clone()), attempts);
-            StageOutput::fail(msg)
-        }
-        Attempt::Interrupted => interrupted(run, i, attempts).await,
-    }
+    conclude(run, i, outcome, attempts).await
 }
 
 async fn child_attempt(
     run: &PipelineRun,
-    child: &Arc<super::check::LoadedPipeline>,
+    child: &Arc<LoadedPipeline>,
     prefix: &str,
     inherited: &[(String, String)],
     ctx: &StageContext,

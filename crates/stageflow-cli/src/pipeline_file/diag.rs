@@ -216,11 +216,7 @@ impl Diagnostic {
     /// Human-readable form: `file:line:col: error[CODE]: message`, then the line with the offending
     /// text underlined, then the notes.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        match self.location() {
-            Some(loc) => out.push_str(&format!("{loc}: error[{}]: {}\n", self.code, self.message)),
-            None => out.push_str(&format!("error[{}]: {}\n", self.code, self.message)),
-        }
+        let mut out = format!("{self}\n");
         if let (Some(file), Some(span)) = (&self.file, &self.span) {
             let (line, col) = file.line_col(span.start);
             let text = file.line_text(line);

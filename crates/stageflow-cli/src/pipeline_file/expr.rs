@@ -237,28 +237,30 @@ impl Parser<'_> {
     }
 
     fn or(&mut self, depth: usize) -> PResult {
-        let mut items = vec![self.and(depth)?];
-        while self.peek() == Some(&Tok::Or) {
-            self.at += 1;
-            items.push(self.and(depth)?);
-        }
-        Ok(if items.len() == 1 {
-            items.pop().expect("one item")
-        } else {
-            Expr::Or(items)
-        })
+        self.list(depth, &Tok::Or, Self::and, Expr::Or)
     }
 
     fn and(&mut self, depth: usize) -> PResult {
-        let mut items = vec![self.unary(depth)?];
-        while self.peek() == Some(&Tok::And) {
+        self.list(depth, &Tok::And, Self::unary, Expr::And)
+    }
+
+    /// `item ( sep item )*`: the item alone, or `join` of all of them.
+    fn list(
+        &mut self,
+        depth: usize,
+        sep: &Tok,
+        mut item: impl FnMut(&mut Self, usize) -> PResult,
+        join: fn(Vec<Expr>) -> Expr,
+    ) -> PResult {
+        let mut items = vec![item(self, depth)?];
+        while self.peek() == Some(sep) {
             self.at += 1;
-            items.push(self.unary(depth)?);
+            items.push(item(self, depth)?);
         }
         Ok(if items.len() == 1 {
             items.pop().expect("one item")
         } else {
-            Expr::And(items)
+            join(items)
         })
     }
 

@@ -162,6 +162,11 @@ impl Matrix {
     }
 }
 
+/// The value of `key` in a matrix instance's values, if it has that key.
+pub fn matrix_value<'a>(matrix: Option<&'a [(String, Value)]>, key: &str) -> Option<&'a Value> {
+    matrix?.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
 /// The text of a matrix value as it appears in instance names and templates.
 pub fn matrix_value_text(v: &Value) -> String {
     match v {

@@ -17,35 +17,37 @@ pub enum GraphFormat {
     Mermaid,
 }
 
-fn dot_quote(s: &str) -> String {
+/// `s` in double quotes, each character replaced by `escape` where it gives a replacement.
+fn quoted(s: &str, escape: fn(char) -> Option<&'static str>) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+        match escape(c) {
+            Some(replacement) => out.push_str(replacement),
+            None => out.push(c),
         }
     }
     out.push('"');
     out
 }
 
+fn dot_quote(s: &str) -> String {
+    quoted(s, |c| match c {
+        '"' => Some("\\\""),
+        '\\' => Some("\\\\"),
+        '\n' => Some("\\n"),
+        _ => None,
+    })
+}
+
 fn mermaid_label(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("#quot;"),
-            '<' => out.push_str("#lt;"),
-            '>' => out.push_str("#gt;"),
-            '\n' => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    quoted(s, |c| match c {
+        '"' => Some("#quot;"),
+        '<' => Some("#lt;"),
+        '>' => Some("#gt;"),
+        '\n' => Some(" "),
+        _ => None,
+    })
 }
 
 /// Renders `p` in `format`.
@@ -64,13 +66,10 @@ pub fn to_dot(p: &LoadedPipeline) -> String {
     for (i, inst) in p.instances.iter().enumerate() {
         let stage = p.stage_def(i);
         let mut attrs = Vec::new();
-        if stage.condition.is_some() {
+        if let Some(c) = &stage.condition {
             attrs.push(format!(
                 "style=dashed, tooltip={}",
-                dot_quote(&format!(
-                    "if {}",
-                    stage.condition.as_ref().map_or("", |c| c.text.as_str())
-                ))
+                dot_quote(&format!("if {}", c.text))
             ));
         }
         if let Action::Pipeline { path, .. } = &stage.action {

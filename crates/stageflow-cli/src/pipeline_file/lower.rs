@@ -1,6 +1,7 @@
 //! A checked pipeline file -> a `stageflow::Pipeline` -> a validated `Graph`, with the library's
 //! validation errors mapped back to file positions.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use stageflow::{
@@ -9,7 +10,7 @@ use stageflow::{
 };
 
 use super::check::LoadedPipeline;
-use super::diag::{codes, Diagnostic, Diagnostics, Sink};
+use super::diag::{Diagnostic, Diagnostics, Sink};
 
 /// A stage's condition as the library takes it.
 pub(crate) type ConditionFn =
@@ -49,19 +50,16 @@ pub(crate) fn build_shape(loaded: &LoadedPipeline) -> Result<Graph, Diagnostics>
 
 fn map_build_error(loaded: &LoadedPipeline, error: BuildError) -> Diagnostics {
     let src = loaded.source();
-    let index_of = |name: &str| loaded.instances.iter().position(|i| i.name == name);
+    // Built once (a cycle path can name every stage); the first stage of a name wins.
+    let mut by_name: HashMap<&str, usize> = HashMap::with_capacity(loaded.len());
+    for (i, name) in loaded.stage_names().enumerate() {
+        by_name.entry(name).or_insert(i);
+    }
+    let index_of = |name: &str| by_name.get(name).copied();
     let mut sink = Sink::default();
     for e in error.errors {
-        let code = match e.code {
-            ErrorCode::EmptyPipeline => codes::EMPTY,
-            ErrorCode::DuplicateStage => codes::DUPLICATE,
-            ErrorCode::InvalidName => codes::INVALID_NAME,
-            ErrorCode::MissingDependency => codes::MISSING_DEPENDENCY,
-            ErrorCode::SelfDependency => codes::SELF_DEPENDENCY,
-            ErrorCode::Cycle => codes::CYCLE,
-            // Cannot come from a file; keep the library's code.
-            other => other.as_str(),
-        };
+        // The file's `SF0xx` codes are the library's own.
+        let code = e.code.as_str();
         if e.code == ErrorCode::Cycle && e.cycle.len() >= 2 {
             // `a -> b` in execution order: `b` needs `a`. Point at each such `needs` entry.
             let mut spans = Vec::new();

@@ -471,13 +471,9 @@ impl Walker<'_> {
                             format!("stage `{name}` sets both `{first}` and `{k}`; a stage runs exactly one of `run`, `cmd` or `pipeline`"),
                         );
                     } else {
-                        if let Some(a) = parsed {
-                            action = Some((a, k));
-                        }
-                        if action.is_none() {
-                            // Something was given (and reported): no "nothing to run" follows.
-                            action = Some((Action::Command(CommandLine::Argv(Vec::new())), k));
-                        }
+                        // An invalid action was reported already: no "nothing to run" follows.
+                        let a = parsed.unwrap_or(Action::Command(CommandLine::Argv(Vec::new())));
+                        action = Some((a, k));
                     }
                 }
                 "needs" => stage.needs = self.needs(value),
@@ -522,7 +518,6 @@ impl Walker<'_> {
                     name_span,
                     format!("stage `{name}` has nothing to run: set `run` (a shell line), `cmd` (an argument list) or `pipeline` (a child pipeline file)"),
                 );
-                stage.action = Action::Command(CommandLine::Argv(Vec::new()));
             }
         }
         if let (Action::Pipeline { .. }, Some(dir)) = (&stage.action, &stage.dir) {
@@ -599,108 +594,13 @@ impl Walker<'_> {
         let mut combinations = 1usize;
         for (key, value) in t.iter() {
             let k: &str = key.get_ref();
-            if k.is_empty() || !k.chars().all(is_ident_char) {
-                self.err(
-                    codes::BAD_MATRIX,
-                    key.span(),
-                    format!("matrix key `{k}` must use only letters, digits, `_` or `-` (it is referenced as `matrix.{k}`)"),
-                );
-                ok = false;
-                continue;
-            }
-            let DeValue::Array(items) = value.get_ref() else {
-                self.err(
-                    codes::BAD_MATRIX,
-                    value.span(),
-                    format!("matrix key `{k}` must list its values, e.g. `{k} = [\"a\", \"b\"]`, not {}", describe(value.get_ref())),
-                );
-                ok = false;
-                continue;
-            };
-            if items.is_empty() {
-                self.err(
-                    codes::BAD_MATRIX,
-                    value.span(),
-                    format!("matrix key `{k}` has no values"),
-                );
-                ok = false;
-                continue;
-            }
-            let mut values: Vec<Value> = Vec::with_capacity(items.len());
-            for item in items {
-                let v = match item.get_ref() {
-                    DeValue::String(s) => {
-                        if s.is_empty()
-                            || s.len() > 64
-                            || s.chars()
-                                .any(|c| c.is_control() || matches!(c, '[' | ']' | ','))
-                        {
-                            self.err(
-                                codes::BAD_MATRIX,
-                                item.span(),
-                                "matrix values must be 1 to 64 characters without `[`, `]`, `,` or control characters (they become part of stage names)",
-                            );
-                            ok = false;
-                            continue;
-                        }
-                        Value::String(s.to_string())
-                    }
-                    DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
-                        Ok(n) => Value::from(n),
-                        Err(_) => {
-                            self.err(
-                                codes::BAD_MATRIX,
-                                item.span(),
-                                "matrix integer out of range",
-                            );
-                            ok = false;
-                            continue;
-                        }
-                    },
-                    DeValue::Float(f) => match f
-                        .as_str()
-                        .parse::<f64>()
-                        .ok()
-                        .and_then(serde_json::Number::from_f64)
-                    {
-                        Some(n) => Value::Number(n),
-                        None => {
-                            self.err(
-                                codes::BAD_MATRIX,
-                                item.span(),
-                                "matrix numbers must be finite",
-                            );
-                            ok = false;
-                            continue;
-                        }
-                    },
-                    DeValue::Boolean(b) => Value::Bool(*b),
-                    other => {
-                        self.err(
-                            codes::BAD_MATRIX,
-                            item.span(),
-                            format!(
-                                "matrix values must be strings, numbers or booleans, not {}",
-                                describe(other)
-                            ),
-                        );
-                        ok = false;
-                        continue;
-                    }
-                };
-                if values.contains(&v) {
-                    self.err(
-                        codes::BAD_MATRIX,
-                        item.span(),
-                        format!("duplicate value {v} in matrix key `{k}`"),
-                    );
-                    ok = false;
-                    continue;
+            match self.matrix_axis(key, value) {
+                Some(values) => {
+                    combinations = combinations.saturating_mul(values.len());
+                    axes.push((k.to_owned(), values));
                 }
-                values.push(v);
+                None => ok = false,
             }
-            combinations = combinations.saturating_mul(values.len());
-            axes.push((k.to_owned(), values));
         }
         if ok && combinations > MAX_MATRIX {
             self.err(
@@ -711,6 +611,93 @@ impl Walker<'_> {
             ok = false;
         }
         ok.then_some(Matrix { axes })
+    }
+
+    /// One `KEY = [values]` of a matrix; `None` (every problem reported) when it is invalid.
+    fn matrix_axis(&mut self, key: &Key<'_>, value: &Val<'_>) -> Option<Vec<Value>> {
+        let k: &str = key.get_ref();
+        if k.is_empty() || !k.chars().all(is_ident_char) {
+            self.err(
+                codes::BAD_MATRIX,
+                key.span(),
+                format!("matrix key `{k}` must use only letters, digits, `_` or `-` (it is referenced as `matrix.{k}`)"),
+            );
+            return None;
+        }
+        let DeValue::Array(items) = value.get_ref() else {
+            self.err(
+                codes::BAD_MATRIX,
+                value.span(),
+                format!(
+                    "matrix key `{k}` must list its values, e.g. `{k} = [\"a\", \"b\"]`, not {}",
+                    describe(value.get_ref())
+                ),
+            );
+            return None;
+        };
+        if items.is_empty() {
+            self.err(
+                codes::BAD_MATRIX,
+                value.span(),
+                format!("matrix key `{k}` has no values"),
+            );
+            return None;
+        }
+        let mut values: Vec<Value> = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items {
+            let v = match matrix_item(item.get_ref()) {
+                Ok(v) => v,
+                Err(msg) => {
+                    self.err(codes::BAD_MATRIX, item.span(), msg);
+                    ok = false;
+                    continue;
+                }
+            };
+            if values.contains(&v) {
+                self.err(
+                    codes::BAD_MATRIX,
+                    item.span(),
+                    format!("duplicate value {v} in matrix key `{k}`"),
+                );
+                ok = false;
+                continue;
+            }
+            values.push(v);
+        }
+        ok.then_some(values)
+    }
+}
+
+/// One value of a matrix key, or why it cannot be one.
+fn matrix_item(item: &DeValue<'_>) -> Result<Value, String> {
+    match item {
+        DeValue::String(s) => {
+            if s.is_empty()
+                || s.len() > 64
+                || s.chars()
+                    .any(|c| c.is_control() || matches!(c, '[' | ']' | ','))
+            {
+                Err("matrix values must be 1 to 64 characters without `[`, `]`, `,` or control characters (they become part of stage names)".to_owned())
+            } else {
+                Ok(Value::String(s.to_string()))
+            }
+        }
+        DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+            .map(Value::from)
+            .map_err(|_| "matrix integer out of range".to_owned()),
+        DeValue::Float(f) => f
+            .as_str()
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number)
+            .ok_or_else(|| "matrix numbers must be finite".to_owned()),
+        DeValue::Boolean(b) => Ok(Value::Bool(*b)),
+        other => Err(format!(
+            "matrix values must be strings, numbers or booleans, not {}",
+            describe(other)
+        )),
     }
 }
 

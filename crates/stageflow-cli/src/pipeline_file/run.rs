@@ -380,11 +380,7 @@ fn counts(records: &[Record]) -> [(State, usize); 6] {
         (State::NotRun, 0),
     ];
     for r in records {
-        let state = if r.state == State::Running {
-            State::Cancelled
-        } else {
-            r.state
-        };
+        let state = r.state.settled();
         if let Some(slot) = c.iter_mut().find(|(s, _)| *s == state) {
             slot.1 += 1;
         }
@@ -436,19 +432,10 @@ pub(crate) fn summary_table(loaded: &LoadedPipeline, records: &[Record]) -> Stri
     ));
     for i in rows {
         let r = &records[i];
-        let state = if r.state == State::Running {
-            State::Cancelled
-        } else {
-            r.state
-        };
-        let status = match state {
-            State::NotRun => "not run",
-            other => other.as_str(),
-        };
         let row = format!(
             "  {:<name_width$}  {:<9}  {:>9}  {:>8}  {}",
             truncate(&loaded.instances[i].name, name_width),
-            status,
+            r.state.settled().label(),
             r.duration.map(human).unwrap_or_else(|| "-".into()),
             if r.attempts > 1 {
                 r.attempts.to_string()
@@ -476,16 +463,7 @@ fn final_line(
     let tally: Vec<String> = c
         .iter()
         .filter(|(_, k)| *k > 0)
-        .map(|(s, k)| {
-            format!(
-                "{k} {}",
-                if *s == State::NotRun {
-                    "not run"
-                } else {
-                    s.as_str()
-                }
-            )
-        })
+        .map(|(s, k)| format!("{k} {}", s.label()))
         .collect();
     let (what, detail) = match &outcome.result {
         _ if interrupted => ("interrupted".to_owned(), None),
@@ -522,11 +500,7 @@ fn json_result(
         .enumerate()
         .map(|(i, r)| {
             let name = &loaded.instances[i].name;
-            let state = if r.state == State::Running {
-                State::Cancelled
-            } else {
-                r.state
-            };
+            let state = r.state.settled();
             let output = results
                 .get(name)
                 .filter(|o| o.is_ok())

@@ -98,6 +98,22 @@ impl State {
             State::Restored => "restored",
         }
     }
+
+    /// The state once the run is over: a stage still running then was cut short.
+    pub(crate) fn settled(self) -> State {
+        match self {
+            State::Running => State::Cancelled,
+            other => other,
+        }
+    }
+
+    /// The state in text for people (`not run` rather than `not_run`).
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            State::NotRun => "not run",
+            other => other.as_str(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -161,12 +177,17 @@ pub(crate) struct Outcome {
     pub(crate) durable: Option<DurableSummary>,
 }
 
+/// The outputs a run ended with: all of them, or the partial results of a failed run.
+fn results_of(result: &Result<RunReport, RunFailure>) -> &Results {
+    match result {
+        Ok(r) => r.results(),
+        Err(f) => f.partial_results(),
+    }
+}
+
 impl Outcome {
     pub(crate) fn results(&self) -> &Results {
-        match &self.result {
-            Ok(r) => r.results(),
-            Err(f) => f.partial_results(),
-        }
+        results_of(&self.result)
     }
 
     pub(crate) fn cleanup_failures(&self) -> impl Iterator<Item = &CleanupReport> {
@@ -470,10 +491,7 @@ async fn run_recorded(
 /// After the run: stages skipped by the engine because all their inputs were skipped, and stages
 /// that were still running when the run stopped.
 fn settle(run: &PipelineRun, result: &Result<RunReport, RunFailure>) {
-    let results = match result {
-        Ok(r) => r.results(),
-        Err(f) => f.partial_results(),
-    };
+    let results = results_of(result);
     let stop_note = match result {
         Ok(r) => match r.status() {
             RunStatus::Cancelled { .. } if run.env.control.is_interrupted() => {
@@ -521,50 +539,37 @@ async fn run_cleanup(run: &PipelineRun) -> Vec<CleanupReport> {
         .filter_map(|(i, r)| r.cleanup.clone().map(|(env, dir)| (r.seq, i, env, dir)))
         .collect();
     due.sort_by_key(|d| std::cmp::Reverse(d.0));
-    let mut reports = Vec::new();
-    for (_, i, env, dir) in due {
-        let def = loaded.stage_def(i);
-        let Some(command) = &def.cleanup else {
-            continue;
-        };
-        let matrix = loaded.instances[i].matrix.as_deref().map(Vec::as_slice);
-        let spec = match command_stage::render_command(command, matrix, env, dir) {
-            Ok(spec) => spec,
-            Err(e) => {
-                reports.push(report_cleanup(
-                    run,
-                    Some(run.full_name(i)),
-                    "?".into(),
-                    Some(e),
-                    Duration::ZERO,
-                ));
-                continue;
-            }
-        };
-        reports.push(cleanup_one(run, Some(run.full_name(i)), spec).await);
-    }
+    // (stage, command, matrix values, environment, directory), in the order they run.
+    let stage_jobs = due.into_iter().filter_map(|(_, i, env, dir)| {
+        let command = loaded.stage_def(i).cleanup.as_ref()?;
+        Some((
+            Some(run.full_name(i)),
+            command,
+            loaded.instances[i].matrix(),
+            env,
+            dir,
+        ))
+    });
     let mut base_env = command_stage::base_env(run, None);
+    // Kept as it was: inherited variables are appended once more here, so in a child pipeline
+    // they take precedence over the child's own `[pipeline] env` in pipeline-level cleanup.
     base_env.extend(run.inherited_env.iter().cloned());
-    for command in &loaded.def.cleanup {
-        let spec = match command_stage::render_command(
+    let pipeline_jobs = loaded.def.cleanup.iter().map(|command| {
+        (
+            None,
             command,
             None,
             base_env.clone(),
             loaded.base_dir.clone(),
-        ) {
-            Ok(spec) => spec,
-            Err(e) => {
-                reports.push(report_cleanup(
-                    run,
-                    None,
-                    "?".into(),
-                    Some(e),
-                    Duration::ZERO,
-                ));
-                continue;
-            }
+        )
+    });
+    let mut reports = Vec::new();
+    for (stage, command, matrix, env, dir) in stage_jobs.chain(pipeline_jobs) {
+        let report = match command_stage::render_command(command, matrix, env, dir) {
+            Ok(spec) => cleanup_one(run, stage, spec).await,
+            Err(e) => report_cleanup(run, stage, "?".into(), Some(e), Duration::ZERO),
         };
-        reports.push(cleanup_one(run, None, spec).await);
+        reports.push(report);
     }
     reports
 }

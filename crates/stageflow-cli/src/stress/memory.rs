@@ -36,37 +36,15 @@ fn trim_heap() {
 }
 
 /// The peak resident set size since the last successful [`reset_peak`] (or process start), in MiB;
-/// `None` when it cannot be read.
+/// `None` when it cannot be read. The high-water mark is the library's
+/// [`process_peak_rss`](stageflow::observe::memory::process_peak_rss) (`VmHWM`).
 pub fn peak_rss_mb() -> Option<f64> {
-    if !cfg!(target_os = "linux") {
-        return None;
-    }
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_vm_hwm_kb(&status).map(|kb| kb as f64 / 1024.0)
-}
-
-/// The `VmHWM` value of a `/proc/<pid>/status` text, in kB.
-fn parse_vm_hwm_kb(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let mut fields = line["VmHWM:".len()..].split_whitespace();
-    let value = fields.next()?.parse().ok()?;
-    match fields.next() {
-        Some("kB") | None => Some(value),
-        Some(_) => None,
-    }
+    stageflow::observe::memory::process_peak_rss().map(|bytes| bytes as f64 / (1024.0 * 1024.0))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_vm_hwm() {
-        let status = "Name:\tstageflow\nVmPeak:\t  200 kB\nVmHWM:\t   12345 kB\nVmRSS:\t 100 kB\n";
-        assert_eq!(parse_vm_hwm_kb(status), Some(12345));
-        assert_eq!(parse_vm_hwm_kb("VmRSS: 1 kB\n"), None);
-        assert_eq!(parse_vm_hwm_kb("VmHWM: lots kB\n"), None);
-    }
 
     #[test]
     fn reads_own_peak_on_linux() {

@@ -54,6 +54,12 @@ pub fn process_peak_rss() -> Option<u64> {
 #[cfg(target_os = "linux")]
 fn read_status_kb(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_status_kb(&status, key)
+}
+
+/// The `key` line of a `/proc/<pid>/status` text (`"VmHWM:\t 12345 kB"`), in bytes.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn parse_status_kb(status: &str, key: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line[key.len()..]
         .trim()
@@ -171,5 +177,18 @@ unsafe impl GlobalAlloc for CountingAlloc {
         Self::count(new_size.saturating_sub(layout.size()));
         // SAFETY: forwarded unchanged.
         unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_vm_hwm() {
+        let status = "Name:\tstageflow\nVmPeak:\t  200 kB\nVmHWM:\t   12345 kB\nVmRSS:\t 100 kB\n";
+        assert_eq!(parse_status_kb(status, "VmHWM:"), Some(12345 * 1024));
+        assert_eq!(parse_status_kb("VmRSS: 1 kB\n", "VmHWM:"), None);
+        assert_eq!(parse_status_kb("VmHWM: lots kB\n", "VmHWM:"), None);
     }
 }
