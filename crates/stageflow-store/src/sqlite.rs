@@ -31,6 +31,8 @@ use rusqlite::types::ValueRef;
 use rusqlite::{
     ffi, params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior,
 };
+use serde::de::IntoDeserializer;
+use serde::Deserialize;
 use stageflow::StageStatus;
 use uuid::Uuid;
 
@@ -79,19 +81,39 @@ const MIGRATIONS: &[&str] = &[
 /// The newest store schema version this build knows (and creates).
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
-const RUN_COLUMNS: &str =
-    "run_id, pipeline, fingerprint, input, status, created_at, updated_at, error";
+/// `SELECT` of the columns [`SqliteStore::decode_run`] reads, in its order.
+macro_rules! select_run {
+    () => {
+        "SELECT run_id, pipeline, fingerprint, input, status, created_at, updated_at, error \
+         FROM runs "
+    };
+}
 
-const INSERT_STAGE: &str = "INSERT INTO stages \
-    (run, seq, stage, status, output, error, attempts, started_at, finished_at, duration_ms) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+/// `SELECT` of the columns [`SqliteStore::decode_stage`] reads, in its order.
+macro_rules! select_stage {
+    () => {
+        "SELECT stage, status, output, error, attempts, started_at, finished_at, duration_ms \
+         FROM stages "
+    };
+}
 
-const UPSERT_STAGE: &str = "INSERT INTO stages \
-    (run, seq, stage, status, output, error, attempts, started_at, finished_at, duration_ms) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
-    ON CONFLICT (run, stage) DO UPDATE SET status = excluded.status, output = excluded.output, \
-    error = excluded.error, attempts = excluded.attempts, started_at = excluded.started_at, \
-    finished_at = excluded.finished_at, duration_ms = excluded.duration_ms";
+macro_rules! insert_stage {
+    () => {
+        "INSERT INTO stages \
+         (run, seq, stage, status, output, error, attempts, started_at, finished_at, duration_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    };
+}
+
+const INSERT_STAGE: &str = insert_stage!();
+
+const UPSERT_STAGE: &str = concat!(
+    insert_stage!(),
+    " ON CONFLICT (run, stage) DO UPDATE SET status = excluded.status, \
+     output = excluded.output, error = excluded.error, attempts = excluded.attempts, \
+     started_at = excluded.started_at, finished_at = excluded.finished_at, \
+     duration_ms = excluded.duration_ms"
+);
 
 /// How hard SQLite works to make a commit durable (`PRAGMA synchronous`, in WAL mode).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -406,27 +428,72 @@ impl SqliteStore {
         }
     }
 
+    /// Calls `f` with the integer key of run `run_id` ([`StoreError::RunNotFound`] if it is not
+    /// stored), inside one transaction so that the lookup and `f` see the same snapshot.
+    ///
+    /// Without `commit`, a read transaction, rolled back at the end. With `commit` (the operation
+    /// named if the commit fails), an `IMMEDIATE` write transaction, committed when `f` succeeds.
+    fn in_run<T>(
+        &self,
+        run_id: Uuid,
+        commit: Option<&'static str>,
+        f: impl FnOnce(&Connection, i64) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.lock();
+        let tx = match commit {
+            None => conn
+                .transaction()
+                .map_err(|e| self.err("beginning a read transaction", e))?,
+            Some(_) => conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| self.err("beginning a write transaction", e))?,
+        };
+        let run = run_key(&tx, run_id)
+            .map_err(|e| self.err("looking up the run", e))?
+            .ok_or(StoreError::RunNotFound(run_id))?;
+        let value = f(&tx, run)?;
+        if let Some(op) = commit {
+            tx.commit().map_err(|e| self.err(op, e))?;
+        }
+        Ok(value)
+    }
+
+    /// Runs query `sql` (prepared once per connection) with `params` and calls `each` on every
+    /// row. `prepare_op` and `op` name the preparation and the query in errors.
+    fn each_row<P: rusqlite::Params>(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        prepare_op: &'static str,
+        params: P,
+        op: &'static str,
+        mut each: impl FnMut(&Row<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut stmt = conn
+            .prepare_cached(sql)
+            .map_err(|e| self.err(prepare_op, e))?;
+        let mut rows = stmt.query(params).map_err(|e| self.err(op, e))?;
+        while let Some(row) = rows.next().map_err(|e| self.err(op, e))? {
+            each(row)?;
+        }
+        Ok(())
+    }
+
     fn record(
         &self,
         run_id: Uuid,
         stages: &[StageRecord],
         replace: bool,
     ) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err("beginning a write transaction", e))?;
-        let run = run_key(&tx, run_id).map_err(|e| self.err("looking up the run", e))?;
-        let run = run.ok_or(StoreError::RunNotFound(run_id))?;
-        let mut seq: i64 = tx
-            .prepare_cached("SELECT coalesce(max(seq) + 1, 0) FROM stages WHERE run = ?1")
-            .and_then(|mut stmt| stmt.query_row([run], |row| row.get(0)))
-            .map_err(|e| self.err("reading the next stage sequence number", e))?;
-        {
+        self.in_run(run_id, Some("committing stage records"), |tx, run| {
+            let first_seq: i64 = tx
+                .prepare_cached("SELECT coalesce(max(seq) + 1, 0) FROM stages WHERE run = ?1")
+                .and_then(|mut stmt| stmt.query_row([run], |row| row.get(0)))
+                .map_err(|e| self.err("reading the next stage sequence number", e))?;
             let mut insert = tx
                 .prepare_cached(if replace { UPSERT_STAGE } else { INSERT_STAGE })
                 .map_err(|e| self.err("preparing the stage insert", e))?;
-            for record in stages {
+            for (seq, record) in (first_seq..).zip(stages) {
                 if record.run_id != run_id {
                     return Err(StoreError::RunMismatch {
                         run_id,
@@ -465,14 +532,12 @@ impl SqliteStore {
                     }
                     Err(e) => return Err(self.err("inserting a stage record", e)),
                 }
-                seq += 1;
             }
-        }
-        tx.prepare_cached("UPDATE runs SET updated_at = ?1 WHERE id = ?2")
-            .and_then(|mut stmt| stmt.execute(params![to_unix_millis(SystemTime::now()), run]))
-            .map_err(|e| self.err("updating the run's time", e))?;
-        tx.commit()
-            .map_err(|e| self.err("committing stage records", e))
+            tx.prepare_cached("UPDATE runs SET updated_at = ?1 WHERE id = ?2")
+                .and_then(|mut stmt| stmt.execute(params![to_unix_millis(SystemTime::now()), run]))
+                .map_err(|e| self.err("updating the run's time", e))?;
+            Ok(())
+        })
     }
 
     fn decode_run(&self, row: &Row<'_>) -> Result<RunRecord, StoreError> {
@@ -502,15 +567,27 @@ impl SqliteStore {
         })
     }
 
+    /// The stored status `text` of `stage`, or [`StoreError::Corrupt`].
+    fn stage_status(
+        &self,
+        run_id: Uuid,
+        stage: &str,
+        text: &str,
+    ) -> Result<StageStatus, StoreError> {
+        StageStatus::deserialize(text.into_deserializer()).map_err(|_: serde::de::value::Error| {
+            self.corrupt(format!(
+                "stage `{stage}` of run {run_id}: bad status: `{text}`"
+            ))
+        })
+    }
+
     fn decode_stage(&self, run_id: Uuid, row: &Row<'_>) -> Result<StageRecord, StoreError> {
         let get_err = |e| self.err("reading a stage record", e);
         let stage: String = row.get(0).map_err(get_err)?;
         let bad = |what: &str, detail: String| {
             self.corrupt(format!("stage `{stage}` of run {run_id}: {what}: {detail}"))
         };
-        let status_text = text(row, 1).map_err(get_err)?;
-        let status = parse_stage_status(status_text)
-            .ok_or_else(|| bad("bad status", format!("`{status_text}`")))?;
+        let status = self.stage_status(run_id, &stage, text(row, 1).map_err(get_err)?)?;
         let output = match row.get_ref(2).map_err(get_err)? {
             ValueRef::Null => None,
             ValueRef::Text(json) | ValueRef::Blob(json) => Some(
@@ -576,33 +653,38 @@ impl RunStore for SqliteStore {
     }
 
     fn get_run(&self, run_id: Uuid) -> Result<RunRecord, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"))
-            .map_err(|e| self.err("preparing the run query", e))?;
-        let mut rows = stmt
-            .query([run_id.hyphenated().to_string()])
-            .map_err(|e| self.err("querying a run", e))?;
-        match rows.next().map_err(|e| self.err("reading a run", e))? {
-            Some(row) => self.decode_run(row),
-            None => Err(StoreError::RunNotFound(run_id)),
-        }
+        // At most one row: `run_id` is UNIQUE.
+        let mut found = None;
+        self.each_row(
+            &self.lock(),
+            concat!(select_run!(), "WHERE run_id = ?1"),
+            "preparing the run query",
+            [run_id.hyphenated().to_string()],
+            "reading a run",
+            |row| {
+                found = Some(self.decode_run(row)?);
+                Ok(())
+            },
+        )?;
+        found.ok_or(StoreError::RunNotFound(run_id))
     }
 
     fn list_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, run_id DESC LIMIT ?1"
-            ))
-            .map_err(|e| self.err("preparing the run listing", e))?;
-        let mut rows = stmt
-            .query([i64::try_from(limit).unwrap_or(i64::MAX)])
-            .map_err(|e| self.err("listing runs", e))?;
         let mut runs = Vec::new();
-        while let Some(row) = rows.next().map_err(|e| self.err("listing runs", e))? {
-            runs.push(self.decode_run(row)?);
-        }
+        self.each_row(
+            &self.lock(),
+            concat!(
+                select_run!(),
+                "ORDER BY created_at DESC, run_id DESC LIMIT ?1"
+            ),
+            "preparing the run listing",
+            [i64::try_from(limit).unwrap_or(i64::MAX)],
+            "listing runs",
+            |row| {
+                runs.push(self.decode_run(row)?);
+                Ok(())
+            },
+        )?;
         Ok(runs)
     }
 
@@ -645,31 +727,21 @@ impl RunStore for SqliteStore {
     }
 
     fn load_stages(&self, run_id: Uuid) -> Result<Vec<StageRecord>, StoreError> {
-        let mut conn = self.lock();
-        // One read transaction: the run lookup and the stages come from the same snapshot.
-        let tx = conn
-            .transaction()
-            .map_err(|e| self.err("beginning a read transaction", e))?;
-        let run = run_key(&tx, run_id)
-            .map_err(|e| self.err("looking up the run", e))?
-            .ok_or(StoreError::RunNotFound(run_id))?;
-        let mut stmt = tx
-            .prepare_cached(
-                "SELECT stage, status, output, error, attempts, started_at, finished_at, \
-                 duration_ms FROM stages WHERE run = ?1 ORDER BY seq",
-            )
-            .map_err(|e| self.err("preparing the stage query", e))?;
-        let mut rows = stmt
-            .query([run])
-            .map_err(|e| self.err("loading stage records", e))?;
-        let mut stages = Vec::new();
-        while let Some(row) = rows
-            .next()
-            .map_err(|e| self.err("loading stage records", e))?
-        {
-            stages.push(self.decode_stage(run_id, row)?);
-        }
-        Ok(stages)
+        self.in_run(run_id, None, |tx, run| {
+            let mut stages = Vec::new();
+            self.each_row(
+                tx,
+                concat!(select_stage!(), "WHERE run = ?1 ORDER BY seq"),
+                "preparing the stage query",
+                [run],
+                "loading stage records",
+                |row| {
+                    stages.push(self.decode_stage(run_id, row)?);
+                    Ok(())
+                },
+            )?;
+            Ok(stages)
+        })
     }
 
     fn for_each_stage_state(
@@ -677,33 +749,23 @@ impl RunStore for SqliteStore {
         run_id: Uuid,
         visit: &mut dyn FnMut(&str, StageStatus),
     ) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction()
-            .map_err(|e| self.err("beginning a read transaction", e))?;
-        let run = run_key(&tx, run_id)
-            .map_err(|e| self.err("looking up the run", e))?
-            .ok_or(StoreError::RunNotFound(run_id))?;
-        let mut stmt = tx
-            .prepare_cached("SELECT stage, status FROM stages WHERE run = ?1 ORDER BY seq")
-            .map_err(|e| self.err("preparing the stage query", e))?;
-        let mut rows = stmt
-            .query([run])
-            .map_err(|e| self.err("loading stage states", e))?;
-        while let Some(row) = rows
-            .next()
-            .map_err(|e| self.err("loading stage states", e))?
-        {
-            let stage = text(row, 0).map_err(|e| self.err("reading a stage state", e))?;
-            let status_text = text(row, 1).map_err(|e| self.err("reading a stage state", e))?;
-            let status = parse_stage_status(status_text).ok_or_else(|| {
-                self.corrupt(format!(
-                    "stage `{stage}` of run {run_id}: bad status: `{status_text}`"
-                ))
-            })?;
-            visit(stage, status);
-        }
-        Ok(())
+        self.in_run(run_id, None, |tx, run| {
+            self.each_row(
+                tx,
+                "SELECT stage, status FROM stages WHERE run = ?1 ORDER BY seq",
+                "preparing the stage query",
+                [run],
+                "loading stage states",
+                |row| {
+                    let get_err = |e| self.err("reading a stage state", e);
+                    let stage = text(row, 0).map_err(get_err)?;
+                    let status =
+                        self.stage_status(run_id, stage, text(row, 1).map_err(get_err)?)?;
+                    visit(stage, status);
+                    Ok(())
+                },
+            )
+        })
     }
 
     fn load_stage_records(
@@ -711,66 +773,46 @@ impl RunStore for SqliteStore {
         run_id: Uuid,
         stages: &[&str],
     ) -> Result<Vec<StageRecord>, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction()
-            .map_err(|e| self.err("beginning a read transaction", e))?;
-        let run = run_key(&tx, run_id)
-            .map_err(|e| self.err("looking up the run", e))?
-            .ok_or(StoreError::RunNotFound(run_id))?;
-        // One indexed lookup per stage (the UNIQUE (run, stage) index).
-        let mut stmt = tx
-            .prepare_cached(
-                "SELECT stage, status, output, error, attempts, started_at, finished_at, \
-                 duration_ms FROM stages WHERE run = ?1 AND stage = ?2",
-            )
-            .map_err(|e| self.err("preparing the stage query", e))?;
-        let mut records = Vec::with_capacity(stages.len());
-        for stage in stages {
-            let mut rows = stmt
-                .query(params![run, stage])
-                .map_err(|e| self.err("loading a stage record", e))?;
-            if let Some(row) = rows
-                .next()
-                .map_err(|e| self.err("loading a stage record", e))?
-            {
-                records.push(self.decode_stage(run_id, row)?);
+        self.in_run(run_id, None, |tx, run| {
+            let mut records = Vec::with_capacity(stages.len());
+            // One indexed lookup per stage (the UNIQUE (run, stage) index): at most one row each.
+            for stage in stages {
+                self.each_row(
+                    tx,
+                    concat!(select_stage!(), "WHERE run = ?1 AND stage = ?2"),
+                    "preparing the stage query",
+                    params![run, stage],
+                    "loading a stage record",
+                    |row| {
+                        records.push(self.decode_stage(run_id, row)?);
+                        Ok(())
+                    },
+                )?;
             }
-        }
-        Ok(records)
+            Ok(records)
+        })
     }
 
     fn count_stages(&self, run_id: Uuid) -> Result<u64, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction()
-            .map_err(|e| self.err("beginning a read transaction", e))?;
-        let run = run_key(&tx, run_id)
-            .map_err(|e| self.err("looking up the run", e))?
-            .ok_or(StoreError::RunNotFound(run_id))?;
-        let count: i64 = tx
-            .prepare_cached("SELECT count(*) FROM stages WHERE run = ?1")
-            .and_then(|mut stmt| stmt.query_row([run], |row| row.get(0)))
-            .map_err(|e| self.err("counting stage records", e))?;
+        let count: i64 = self.in_run(run_id, None, |tx, run| {
+            tx.prepare_cached("SELECT count(*) FROM stages WHERE run = ?1")
+                .and_then(|mut stmt| stmt.query_row([run], |row| row.get(0)))
+                .map_err(|e| self.err("counting stage records", e))
+        })?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
     fn delete_run(&self, run_id: Uuid) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err("beginning a write transaction", e))?;
-        let run = run_key(&tx, run_id)
-            .map_err(|e| self.err("looking up the run", e))?
-            .ok_or(StoreError::RunNotFound(run_id))?;
-        // Stages first, explicitly: correct even on a connection without foreign keys.
-        tx.prepare_cached("DELETE FROM stages WHERE run = ?1")
-            .and_then(|mut stmt| stmt.execute([run]))
-            .map_err(|e| self.err("deleting stage records", e))?;
-        tx.prepare_cached("DELETE FROM runs WHERE id = ?1")
-            .and_then(|mut stmt| stmt.execute([run]))
-            .map_err(|e| self.err("deleting a run", e))?;
-        tx.commit().map_err(|e| self.err("committing a delete", e))
+        self.in_run(run_id, Some("committing a delete"), |tx, run| {
+            // Stages first, explicitly: correct even on a connection without foreign keys.
+            tx.prepare_cached("DELETE FROM stages WHERE run = ?1")
+                .and_then(|mut stmt| stmt.execute([run]))
+                .map_err(|e| self.err("deleting stage records", e))?;
+            tx.prepare_cached("DELETE FROM runs WHERE id = ?1")
+                .and_then(|mut stmt| stmt.execute([run]))
+                .map_err(|e| self.err("deleting a run", e))?;
+            Ok(())
+        })
     }
 }
 
@@ -786,18 +828,6 @@ fn text<'r>(row: &'r Row<'_>, idx: usize) -> rusqlite::Result<&'r str> {
     row.get_ref(idx)?.as_str().map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
     })
-}
-
-fn parse_stage_status(text: &str) -> Option<StageStatus> {
-    [
-        StageStatus::Ok,
-        StageStatus::Skip,
-        StageStatus::Cancel,
-        StageStatus::Fail,
-        StageStatus::Retry,
-    ]
-    .into_iter()
-    .find(|status| status.as_str() == text)
 }
 
 fn is_constraint(e: &rusqlite::Error, extended: i32) -> bool {

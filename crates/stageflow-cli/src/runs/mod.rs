@@ -133,41 +133,50 @@ fn when(t: SystemTime) -> String {
     format!("{}Z", s[..19].replace('T', " "))
 }
 
-/// A run's status as shown: a run marked `running` whose process is gone crashed.
-fn shown_status(store: &std::path::Path, run: &RunRecord) -> (&'static str, bool) {
-    if run.status == RunState::Running && !is_locked(store, run.run_id) {
-        ("crashed", true)
-    } else {
-        (run.status.as_str(), false)
+/// How a run is shown.
+struct Shown {
+    /// Its status, except that a run marked `running` whose process is gone shows as `crashed`.
+    status: &'static str,
+    crashed: bool,
+    /// Until its last change, or until now while it runs.
+    duration: Duration,
+}
+
+impl Shown {
+    fn of(store: &std::path::Path, run: &RunRecord) -> Self {
+        let running = run.status == RunState::Running;
+        let crashed = running && !is_locked(store, run.run_id);
+        let end = if running && !crashed {
+            SystemTime::now()
+        } else {
+            run.updated_at
+        };
+        Shown {
+            status: if crashed {
+                "crashed"
+            } else {
+                run.status.as_str()
+            },
+            crashed,
+            duration: end.duration_since(run.created_at).unwrap_or_default(),
+        }
     }
 }
 
-fn run_duration(run: &RunRecord, live: bool) -> Duration {
-    let end = if live {
-        SystemTime::now()
-    } else {
-        run.updated_at
-    };
-    end.duration_since(run.created_at).unwrap_or_default()
-}
-
-fn summary_json(store: &std::path::Path, run: &RunRecord, recorded: u64) -> Value {
-    let (shown, crashed) = shown_status(store, run);
-    let info = RunInfo::from_input(&run.input);
-    let live = run.status == RunState::Running && !crashed;
+fn summary_json(run: &RunRecord, shown: &Shown, info: Option<&RunInfo>, recorded: u64) -> Value {
     json!({
         "run_id": run.run_id.to_string(),
         "pipeline": run.pipeline,
-        "file": info.as_ref().map(|i| i.file.display().to_string()),
+        "file": info.map(|i| i.file.display().to_string()),
         "status": run.status.as_str(),
-        "shown_status": shown,
-        "crashed": crashed,
+        "shown_status": shown.status,
+        "crashed": shown.crashed,
         "error": run.error,
         "started_at": rfc3339(run.created_at),
         "updated_at": rfc3339(run.updated_at),
-        "duration_ms": run_duration(run, live).as_millis() as u64,
+        "duration_ms": shown.duration.as_millis() as u64,
         "stages_recorded": recorded,
-        "stages_total": info.as_ref().map(|i| i.stages),
+        "stages_total": info.map(|i| i.stages),
     })
 }
 
@@ -181,9 +190,18 @@ fn list(args: &RunsArgs, a: &ListArgs) -> Result<ExitCode, String> {
         let recorded = store
             .count_stages(run.run_id)
             .map_err(|e| format!("{}: {e}", args.store.display()))?;
-        rows.push(summary_json(&args.store, run, recorded));
+        rows.push((
+            run,
+            Shown::of(&args.store, run),
+            RunInfo::from_input(&run.input),
+            recorded,
+        ));
     }
     if a.json {
+        let rows = rows
+            .iter()
+            .map(|(run, shown, info, recorded)| summary_json(run, shown, info.as_ref(), *recorded))
+            .collect();
         println!("{}", Value::Array(rows));
         return Ok(ExitCode::from(EXIT_OK));
     }
@@ -193,22 +211,17 @@ fn list(args: &RunsArgs, a: &ListArgs) -> Result<ExitCode, String> {
     }
     let table: Vec<[String; 6]> = rows
         .iter()
-        .zip(&runs)
-        .map(|(r, run)| {
+        .map(|(run, shown, info, recorded)| {
             [
                 run.run_id.to_string(),
                 run.pipeline.clone(),
-                r["shown_status"].as_str().unwrap_or("").to_owned(),
+                shown.status.to_owned(),
                 when(run.created_at),
-                human(Duration::from_millis(
-                    r["duration_ms"].as_u64().unwrap_or(0),
-                )),
+                human(shown.duration),
                 format!(
-                    "{}/{}",
-                    r["stages_recorded"],
-                    r["stages_total"]
-                        .as_u64()
-                        .map_or_else(|| "?".to_owned(), |n| n.to_string())
+                    "{recorded}/{}",
+                    info.as_ref()
+                        .map_or_else(|| "?".to_owned(), |i| i.stages.to_string())
                 ),
             ]
         })
@@ -282,7 +295,7 @@ fn not_recorded(info: Option<&RunInfo>, recorded: &HashSet<&str>) -> Option<Vec<
 
 fn show(args: &RunsArgs, a: &ShowArgs) -> Result<ExitCode, String> {
     let store = record::open_store_read(&args.store)?;
-    let run = resolve(&store, &args.store, &a.run_id).map_err(|e| e.message().to_owned())?;
+    let run = resolve(&store, &args.store, &a.run_id)?;
     let stages = store
         .load_stages(run.run_id)
         .map_err(|e| format!("{}: {e}", args.store.display()))?;
@@ -290,7 +303,12 @@ fn show(args: &RunsArgs, a: &ShowArgs) -> Result<ExitCode, String> {
     let names: HashSet<&str> = stages.iter().map(|s| s.stage.as_str()).collect();
     let missing = not_recorded(info.as_ref(), &names);
     if a.json {
-        let mut out = summary_json(&args.store, &run, stages.len() as u64);
+        let mut out = summary_json(
+            &run,
+            &Shown::of(&args.store, &run),
+            info.as_ref(),
+            stages.len() as u64,
+        );
         out["fingerprint"] = run.fingerprint.clone().into();
         out["store"] = args.store.display().to_string().into();
         out["stages"] = stages
@@ -310,8 +328,7 @@ fn show(args: &RunsArgs, a: &ShowArgs) -> Result<ExitCode, String> {
         println!("{out}");
         return Ok(ExitCode::from(EXIT_OK));
     }
-    let (shown, crashed) = shown_status(&args.store, &run);
-    let live = run.status == RunState::Running && !crashed;
+    let shown = Shown::of(&args.store, &run);
     let mut out = String::new();
     out.push_str(&format!("run       {}\n", run.run_id));
     out.push_str(&format!(
@@ -322,8 +339,9 @@ fn show(args: &RunsArgs, a: &ShowArgs) -> Result<ExitCode, String> {
             .unwrap_or_default()
     ));
     out.push_str(&format!(
-        "status    {shown}{}{}\n",
-        if crashed {
+        "status    {}{}{}\n",
+        shown.status,
+        if shown.crashed {
             " (marked running, but no process is executing it)"
         } else {
             ""
@@ -335,7 +353,7 @@ fn show(args: &RunsArgs, a: &ShowArgs) -> Result<ExitCode, String> {
     ));
     out.push_str(&format!("started   {}\n", when(run.created_at)));
     out.push_str(&format!("updated   {}\n", when(run.updated_at)));
-    out.push_str(&format!("duration  {}\n", human(run_duration(&run, live))));
+    out.push_str(&format!("duration  {}\n", human(shown.duration)));
     out.push_str(&format!(
         "stages    {} recorded of {}\n",
         stages.len(),
@@ -396,7 +414,7 @@ fn resume(
     rt: &tokio::runtime::Runtime,
 ) -> Result<ExitCode, String> {
     let store = record::open_store(&args.store)?;
-    let run = resolve(&store, &args.store, &a.run_id).map_err(|e| e.message().to_owned())?;
+    let run = resolve(&store, &args.store, &a.run_id)?;
     let id = run.run_id;
     let info = RunInfo::from_input(&run.input).ok_or_else(|| {
         format!(

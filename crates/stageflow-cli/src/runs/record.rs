@@ -151,30 +151,12 @@ fn hash_pipeline(h: &mut Fnv, loaded: &LoadedPipeline, depth: usize) {
 }
 
 /// Opens (creating it and its directory if missing) the store at `path` for a run or a resume.
-pub fn open_store(path: &Path) -> Result<SqliteStore, String> {
-    with_busy_retry(|| SqliteStore::open(path)).map_err(|e| describe_open_error(path, &e))
-}
-
-/// Retries `open` while it fails with [`StoreError::Busy`], for up to about 10 s.
 ///
-/// When several processes open a store that does not exist yet at the same moment (parallel
-/// `stageflow run`s in a fresh directory), all but one can get `SQLITE_BUSY` from the switch to
-/// WAL mode or the first migration: SQLite returns it at once there instead of waiting for the
-/// busy timeout (waiting could deadlock). The file is fine; opening it again succeeds.
-fn with_busy_retry(
-    mut open: impl FnMut() -> Result<SqliteStore, StoreError>,
-) -> Result<SqliteStore, StoreError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut pause = std::time::Duration::from_millis(5);
-    loop {
-        match open() {
-            Err(StoreError::Busy { .. }) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(std::time::Duration::from_millis(100));
-            }
-            other => return other,
-        }
-    }
+/// Several processes opening a store that does not exist yet at the same moment (parallel
+/// `stageflow run`s in a fresh directory) need no retry here: `SqliteStore::open` waits out the
+/// `SQLITE_BUSY` of a concurrent switch to WAL mode within its busy timeout.
+pub fn open_store(path: &Path) -> Result<SqliteStore, String> {
+    SqliteStore::open(path).map_err(|e| describe_open_error(path, &e))
 }
 
 /// Opens an existing store to read it; a missing file is an error.
@@ -188,13 +170,13 @@ pub fn open_store_read(path: &Path) -> Result<SqliteStore, String> {
     // Read-only first: never creates or changes anything. Reading a WAL database read-only
     // needs its `-shm` file; if that is impossible, open it normally (opening never rewrites
     // a file that is not a valid store).
-    with_busy_retry(|| SqliteStore::open_with(path, SqliteOptions::new().read_only(true)))
+    SqliteStore::open_with(path, SqliteOptions::new().read_only(true))
         .or_else(|first| match first {
             StoreError::NotADatabase { .. }
             | StoreError::Corrupt { .. }
             | StoreError::ForeignDatabase { .. }
             | StoreError::SchemaTooNew { .. } => Err(first),
-            _ => with_busy_retry(|| SqliteStore::open(path)),
+            _ => SqliteStore::open(path),
         })
         .map_err(|e| describe_open_error(path, &e))
 }
@@ -219,34 +201,17 @@ fn describe_open_error(path: &Path, e: &StoreError) -> String {
     }
 }
 
-/// Why a run id could not be resolved.
-pub enum Resolve {
-    /// Nothing matches.
-    NotFound(String),
-    /// Several runs match the prefix.
-    Ambiguous(String),
-    /// The store failed.
-    Store(String),
-}
-
-impl Resolve {
-    /// The message.
-    pub fn message(&self) -> &str {
-        match self {
-            Resolve::NotFound(m) | Resolve::Ambiguous(m) | Resolve::Store(m) => m,
-        }
-    }
-}
-
 /// The run whose id is `id` or starts with `id` (an unambiguous prefix, hyphens optional).
-pub fn resolve(store: &dyn RunStore, store_path: &Path, id: &str) -> Result<RunRecord, Resolve> {
+/// Otherwise the message to show: nothing matches (with the most recent runs), several runs match,
+/// or the store failed.
+pub fn resolve(store: &dyn RunStore, store_path: &Path, id: &str) -> Result<RunRecord, String> {
     let wanted: String = id
         .trim()
         .chars()
         .filter(|c| *c != '-')
         .collect::<String>()
         .to_ascii_lowercase();
-    let store_err = |e: StoreError| Resolve::Store(format!("{}: {e}", store_path.display()));
+    let store_err = |e: StoreError| format!("{}: {e}", store_path.display());
     if let Ok(uuid) = Uuid::parse_str(id.trim()) {
         match store.get_run(uuid) {
             Ok(run) => return Ok(run),
@@ -275,7 +240,7 @@ pub fn resolve(store: &dyn RunStore, store_path: &Path, id: &str) -> Result<RunR
                     msg.push_str(&format!("\n  {}  {}  {}", r.run_id, r.pipeline, r.status));
                 }
             }
-            Err(Resolve::NotFound(msg))
+            Err(msg)
         }
         many => {
             let mut msg = format!(
@@ -288,7 +253,7 @@ pub fn resolve(store: &dyn RunStore, store_path: &Path, id: &str) -> Result<RunR
             if many.len() > 10 {
                 msg.push_str(&format!("\n  ... and {} more", many.len() - 10));
             }
-            Err(Resolve::Ambiguous(msg))
+            Err(msg)
         }
     }
 }
