@@ -19,6 +19,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use crate::error::StageError;
+use crate::intercept::TimeoutError;
 
 /// A cleanup action that failed, panicked or timed out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,7 +118,7 @@ impl CleanupRegistry {
             let message = match outcome {
                 Ok(Ok(Ok(()))) => continue,
                 Ok(Ok(Err(e))) => e.to_string(),
-                Ok(Err(_)) => format!("timed out after {timeout:?}"),
+                Ok(Err(_)) => TimeoutError { limit: timeout }.to_string(),
                 Err(payload) => format!(
                     "panicked: {}",
                     crate::executor::panic_message(payload.as_ref())

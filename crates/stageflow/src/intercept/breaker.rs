@@ -145,12 +145,18 @@ impl CircuitBreaker {
         cells.get(stage).cloned()
     }
 
-    fn cell(&self, stage: &str) -> Arc<Cell> {
+    /// The breaker of stage `stage`, its state created on first use.
+    fn bound(&self, stage: &str) -> Bound {
         let mut cells = self.cells.lock().unwrap_or_else(PoisonError::into_inner);
-        cells
+        let cell = cells
             .entry(stage.to_owned())
             .or_insert_with(|| Arc::new(Cell::new()))
-            .clone()
+            .clone();
+        Bound {
+            config: self.config,
+            cell,
+            stage: stage.to_owned(),
+        }
     }
 }
 
@@ -220,10 +226,10 @@ impl Bound {
         }
         let probe = {
             let mut state = cell.lock();
-            let now = Instant::now();
             match &mut *state {
                 State::Closed { .. } => false,
                 State::Open { until, failures } => {
+                    let now = Instant::now();
                     if now < *until {
                         return Err(StageError::from(CircuitOpenError::Open {
                             stage: self.stage.clone(),
@@ -312,20 +318,12 @@ impl Interceptor for CircuitBreaker {
     }
 
     fn bind(&self, stage: &StageInfo<'_>) -> Option<Arc<dyn Interceptor>> {
-        Some(Arc::new(Bound {
-            config: self.config,
-            cell: self.cell(stage.name),
-            stage: stage.name.to_owned(),
-        }))
+        Some(Arc::new(self.bound(stage.name)))
     }
 
     async fn intercept(&self, ctx: StageContext, next: Next<'_>) -> StageResult {
         // Only reached when used without binding (the pipeline always binds).
-        let bound = Bound {
-            config: self.config,
-            cell: self.cell(ctx.stage_name()),
-            stage: ctx.stage_name().to_owned(),
-        };
+        let bound = self.bound(ctx.stage_name());
         bound.call(ctx, next).await
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{priority, Interceptor, Next};
+use super::{priority, Fnv, Interceptor, Next};
 use crate::context::StageContext;
 use crate::error::{BoxError, StageError};
 use crate::output::StageOutput;
@@ -162,25 +162,26 @@ impl Idempotency {
         }
     }
 
-    /// The parameters hash of a stage execution: the run input and the stage's inputs.
+    /// The parameters hash of a stage execution: the run input and the stage's inputs, hashed
+    /// as their compact JSON is written (no intermediate string).
     fn params_hash(ctx: &StageContext) -> u64 {
         let mut h = Fnv::new();
-        h.write(ctx.input_value().to_string().as_bytes());
+        // Writing JSON values into a hasher cannot fail.
+        let _ = serde_json::to_writer(&mut h, ctx.input_value());
         for (name, output) in ctx.inputs() {
-            h.write(&[0xff]);
-            h.write(name.as_bytes());
-            h.write(&[0xfe]);
-            h.write(
-                serde_json::to_string(output.data())
-                    .unwrap_or_default()
-                    .as_bytes(),
-            );
+            h.bytes(&[0xff]);
+            h.bytes(name.as_bytes());
+            h.bytes(&[0xfe]);
+            let _ = serde_json::to_writer(&mut h, output.data());
         }
         h.0
     }
 
     fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(lock) = locks.get(key) {
+            return lock.clone();
+        }
         locks.entry(key.to_owned()).or_default().clone()
     }
 }
@@ -203,19 +204,6 @@ impl Drop for KeyLock<'_> {
         // Ours and the map's: nobody else waits on it.
         if Arc::strong_count(&self.lock) <= 2 {
             locks.remove(self.key);
-        }
-    }
-}
-
-struct Fnv(u64);
-
-impl Fnv {
-    fn new() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3);
         }
     }
 }
@@ -251,41 +239,39 @@ impl Interceptor for Idempotency {
             key: &full_key,
             lock: self.lock_for(&full_key),
         };
-        let result = {
-            let _held = entry.lock.lock().await;
-            match self.store.get(&full_key).await {
-                Err(e) => Err(StageError::msg(format!(
-                    "idempotency store read failed for `{full_key}`: {e}"
-                ))),
-                Ok(Some(record)) if record.params_hash == params_hash => {
-                    ctx.emit_event("idempotency.replayed", serde_json::json!({ "key": key }));
-                    Ok(record.output)
-                }
-                Ok(Some(_)) => Err(StageError::from(IdempotencyMismatch {
-                    key: key.clone(),
-                    stage: ctx.stage_name().to_owned(),
-                })),
-                Ok(None) => {
-                    let result = next.run(ctx).await;
-                    match result {
-                        Ok(output) if output.is_ok() => {
-                            let record = StoredOutput {
-                                params_hash,
-                                output: output.clone(),
-                            };
-                            match self.store.put(&full_key, record).await {
-                                Ok(()) => Ok(output),
-                                Err(e) => Err(StageError::msg(format!(
-                                    "idempotency store write failed for `{full_key}`: {e}"
-                                ))),
-                            }
-                        }
-                        other => other,
-                    }
-                }
+        // Released on every return, before `entry` drops the key's lock from the map.
+        let _held = entry.lock.lock().await;
+        match self.store.get(&full_key).await {
+            Err(e) => return Err(store_failed("read", &full_key, &e)),
+            Ok(Some(record)) if record.params_hash == params_hash => {
+                ctx.emit_event("idempotency.replayed", serde_json::json!({ "key": key }));
+                return Ok(record.output);
             }
+            Ok(Some(_)) => {
+                return Err(StageError::from(IdempotencyMismatch {
+                    key,
+                    stage: ctx.stage_name().to_owned(),
+                }));
+            }
+            Ok(None) => {}
+        }
+        let output = match next.run(ctx).await {
+            Ok(output) if output.is_ok() => output,
+            other => return other,
         };
-        drop(entry);
-        result
+        let record = StoredOutput {
+            params_hash,
+            output: output.clone(),
+        };
+        match self.store.put(&full_key, record).await {
+            Ok(()) => Ok(output),
+            Err(e) => Err(store_failed("write", &full_key, &e)),
+        }
     }
+}
+
+fn store_failed(op: &str, key: &str, error: &BoxError) -> StageError {
+    StageError::msg(format!(
+        "idempotency store {op} failed for `{key}`: {error}"
+    ))
 }

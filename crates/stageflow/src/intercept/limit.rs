@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{priority, Interceptor, Next, StageInfo};
+use super::{priority, sleep_unless_cancelled, Interceptor, Next, StageInfo};
 use crate::context::StageContext;
 use crate::error::StageError;
 use crate::stage::StageResult;
@@ -36,7 +36,9 @@ use crate::stage::StageResult;
 #[derive(Clone, Debug)]
 pub struct ConcurrencyLimit {
     permits: usize,
-    shared: Option<Arc<Semaphore>>,
+    /// The limit's semaphore; `None` in a per-stage limit before [`bind`](Interceptor::bind)
+    /// gives each stage its own.
+    semaphore: Option<Arc<Semaphore>>,
 }
 
 impl ConcurrencyLimit {
@@ -45,7 +47,7 @@ impl ConcurrencyLimit {
         let n = n.max(1);
         ConcurrencyLimit {
             permits: n,
-            shared: Some(Arc::new(Semaphore::new(n))),
+            semaphore: Some(Arc::new(Semaphore::new(n))),
         }
     }
 
@@ -53,18 +55,14 @@ impl ConcurrencyLimit {
     pub fn per_stage(n: usize) -> Self {
         ConcurrencyLimit {
             permits: n.max(1),
-            shared: None,
+            semaphore: None,
         }
     }
 
     /// Permits currently free in a shared limit (`None` for a per-stage one).
     pub fn available(&self) -> Option<usize> {
-        self.shared.as_ref().map(|s| s.available_permits())
+        self.semaphore.as_ref().map(|s| s.available_permits())
     }
-}
-
-struct BoundLimit {
-    semaphore: Arc<Semaphore>,
 }
 
 async fn with_permit(semaphore: &Semaphore, ctx: StageContext, next: Next<'_>) -> StageResult {
@@ -84,19 +82,6 @@ async fn with_permit(semaphore: &Semaphore, ctx: StageContext, next: Next<'_>) -
 }
 
 #[async_trait::async_trait]
-impl Interceptor for BoundLimit {
-    fn name(&self) -> &str {
-        "concurrency_limit"
-    }
-    fn priority(&self) -> i32 {
-        priority::CONCURRENCY
-    }
-    async fn intercept(&self, ctx: StageContext, next: Next<'_>) -> StageResult {
-        with_permit(&self.semaphore, ctx, next).await
-    }
-}
-
-#[async_trait::async_trait]
 impl Interceptor for ConcurrencyLimit {
     fn name(&self) -> &str {
         "concurrency_limit"
@@ -106,16 +91,18 @@ impl Interceptor for ConcurrencyLimit {
         priority::CONCURRENCY
     }
 
+    /// A per-stage limit gets a semaphore for the stage; a shared one is used as is.
     fn bind(&self, _stage: &StageInfo<'_>) -> Option<Arc<dyn Interceptor>> {
-        let semaphore = match &self.shared {
-            Some(s) => s.clone(),
-            None => Arc::new(Semaphore::new(self.permits)),
-        };
-        Some(Arc::new(BoundLimit { semaphore }))
+        self.semaphore.is_none().then(|| {
+            Arc::new(ConcurrencyLimit {
+                permits: self.permits,
+                semaphore: Some(Arc::new(Semaphore::new(self.permits))),
+            }) as Arc<dyn Interceptor>
+        })
     }
 
     async fn intercept(&self, ctx: StageContext, next: Next<'_>) -> StageResult {
-        match &self.shared {
+        match &self.semaphore {
             Some(s) => with_permit(s, ctx, next).await,
             // Unbound per-stage limit (never happens through a pipeline): nothing to share.
             None => next.run(ctx).await,
@@ -140,7 +127,9 @@ impl Interceptor for ConcurrencyLimit {
 pub struct RateLimit {
     interval: Duration,
     burst: u32,
-    shared: Option<Arc<Mutex<Bucket>>>,
+    /// The limit's bucket; `None` in a per-stage limit before [`bind`](Interceptor::bind) gives
+    /// each stage its own.
+    bucket: Option<Arc<Mutex<Bucket>>>,
 }
 
 #[derive(Debug)]
@@ -190,7 +179,7 @@ impl RateLimit {
         RateLimit {
             interval,
             burst,
-            shared: shared.then(|| Arc::new(Mutex::new(Bucket::new(burst, interval)))),
+            bucket: shared.then(|| Arc::new(Mutex::new(Bucket::new(burst, interval)))),
         }
     }
 
@@ -208,42 +197,21 @@ impl RateLimit {
     /// Allows bursts of up to `burst` executions (at least 1). The bucket starts full.
     pub fn burst(mut self, burst: u32) -> Self {
         self.burst = burst.max(1);
-        if self.shared.is_some() {
-            self.shared = Some(Arc::new(Mutex::new(Bucket::new(self.burst, self.interval))));
+        if self.bucket.is_some() {
+            self.bucket = Some(Arc::new(Mutex::new(Bucket::new(self.burst, self.interval))));
         }
         self
     }
 }
 
-struct BoundRate {
-    bucket: Arc<Mutex<Bucket>>,
-}
-
 async fn with_token(bucket: &Mutex<Bucket>, ctx: StageContext, next: Next<'_>) -> StageResult {
     let wait = bucket.lock().unwrap_or_else(PoisonError::into_inner).take();
-    if !wait.is_zero() {
-        tokio::select! {
-            biased;
-            () = ctx.cancelled() => {
-                return Err(StageError::msg("cancelled while waiting for a rate-limit token"));
-            }
-            () = tokio::time::sleep(wait) => {}
-        }
+    if !wait.is_zero() && !sleep_unless_cancelled(&ctx, wait).await {
+        return Err(StageError::msg(
+            "cancelled while waiting for a rate-limit token",
+        ));
     }
     next.run(ctx).await
-}
-
-#[async_trait::async_trait]
-impl Interceptor for BoundRate {
-    fn name(&self) -> &str {
-        "rate_limit"
-    }
-    fn priority(&self) -> i32 {
-        priority::RATE_LIMIT
-    }
-    async fn intercept(&self, ctx: StageContext, next: Next<'_>) -> StageResult {
-        with_token(&self.bucket, ctx, next).await
-    }
 }
 
 #[async_trait::async_trait]
@@ -256,17 +224,20 @@ impl Interceptor for RateLimit {
         priority::RATE_LIMIT
     }
 
+    /// A per-stage limit gets a bucket for the stage; a shared one is used as is.
     fn bind(&self, _stage: &StageInfo<'_>) -> Option<Arc<dyn Interceptor>> {
-        let bucket = match &self.shared {
-            Some(b) => b.clone(),
-            None => Arc::new(Mutex::new(Bucket::new(self.burst, self.interval))),
-        };
-        Some(Arc::new(BoundRate { bucket }))
+        self.bucket.is_none().then(|| {
+            Arc::new(RateLimit {
+                bucket: Some(Arc::new(Mutex::new(Bucket::new(self.burst, self.interval)))),
+                ..*self
+            }) as Arc<dyn Interceptor>
+        })
     }
 
     async fn intercept(&self, ctx: StageContext, next: Next<'_>) -> StageResult {
-        match &self.shared {
+        match &self.bucket {
             Some(b) => with_token(b, ctx, next).await,
+            // Unbound per-stage limit (never happens through a pipeline): nothing to share.
             None => next.run(ctx).await,
         }
     }

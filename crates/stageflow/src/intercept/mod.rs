@@ -88,6 +88,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
@@ -220,7 +221,7 @@ impl<'a> Next<'a> {
                     stage: self.stage,
                 },
             ),
-            None => self.stage.clone().execute_shared(ctx),
+            None => self.stage.execute(ctx),
         }
     }
 
@@ -445,15 +446,25 @@ pub(crate) struct Intercepted {
     chain: Box<[Arc<dyn Interceptor>]>,
 }
 
-#[async_trait::async_trait]
-impl Stage for Intercepted {
-    async fn execute(&self, ctx: StageContext) -> StageResult {
+impl Intercepted {
+    /// The whole chain, then the stage.
+    fn next(&self) -> Next<'_> {
         Next {
             chain: &self.chain,
             stage: &self.stage,
         }
-        .run(ctx)
-        .await
+    }
+
+    /// Names of the chain's interceptors, outermost first.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.chain.iter().map(|i| i.name())
+    }
+}
+
+#[async_trait::async_trait]
+impl Stage for Intercepted {
+    async fn execute(&self, ctx: StageContext) -> StageResult {
+        self.next().run(ctx).await
     }
 
     fn kind(&self) -> StageKind {
@@ -461,14 +472,7 @@ impl Stage for Intercepted {
     }
 
     fn execute_shared(self: Arc<Self>, ctx: StageContext) -> BoxFuture<'static, StageResult> {
-        Box::pin(async move {
-            Next {
-                chain: &self.chain,
-                stage: &self.stage,
-            }
-            .run(ctx)
-            .await
-        })
+        Box::pin(async move { self.next().run(ctx).await })
     }
 }
 
@@ -510,14 +514,50 @@ pub(crate) fn resolve(
     }))
 }
 
-impl Intercepted {
-    /// Names of the chain's interceptors, outermost first.
-    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
-        self.chain.iter().map(|i| i.name())
-    }
-}
-
 /// Whether an error is one of the engine's timeouts ([`TimeoutError`]).
 pub(crate) fn is_timeout(error: &StageError) -> bool {
     error.source().downcast_ref::<TimeoutError>().is_some()
+}
+
+/// Sleeps for `delay`; `false` if the run was cancelled first (the sleep is then dropped).
+async fn sleep_unless_cancelled(ctx: &StageContext, delay: Duration) -> bool {
+    tokio::select! {
+        biased;
+        () = ctx.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// 64-bit FNV-1a: the stable hash behind idempotency parameter hashes (kept by stores, so it
+/// must not change between processes or versions) and per-stage retry jitter seeds. Implements
+/// [`std::io::Write`] so that JSON can be hashed as it is serialized, without a buffer.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn hash(bytes: &[u8]) -> u64 {
+        let mut h = Fnv::new();
+        h.bytes(bytes);
+        h.0
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    }
+}
+
+impl std::io::Write for Fnv {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.bytes(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

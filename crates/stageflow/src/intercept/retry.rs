@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{is_timeout, priority, Interceptor, Next};
+use super::{is_timeout, priority, sleep_unless_cancelled, Fnv, Interceptor, Next};
 use crate::context::StageContext;
 use crate::error::StageError;
 use crate::observe::EventKind;
-use crate::output::StageStatus;
+use crate::output::{StageOutput, StageStatus};
 use crate::stage::StageResult;
 
 /// How the backoff delay is randomized.
@@ -144,18 +144,18 @@ impl RetryPolicy {
         }
     }
 
-    /// Why `result` should be retried, or `None`.
-    fn retry_reason(&self, result: &StageResult) -> Option<String> {
+    /// Whether `result` asks for another attempt.
+    fn wants_retry(&self, result: &StageResult) -> bool {
         match result {
-            Ok(out) if out.status() == StageStatus::Retry => {
-                Some(out.message().unwrap_or("retry requested").to_owned())
-            }
-            Err(e) if e.is_retryable() || (self.retry_timeouts && is_timeout(e)) => {
-                Some(e.to_string())
-            }
-            _ => None,
+            Ok(out) => out.status() == StageStatus::Retry,
+            Err(e) => e.is_retryable() || (self.retry_timeouts && is_timeout(e)),
         }
     }
+}
+
+/// The reason given by a `retry` output.
+fn retry_message(out: &StageOutput) -> &str {
+    out.message().unwrap_or("retry requested")
 }
 
 /// Runs a stage again on retryable failures; see [`RetryPolicy`].
@@ -230,12 +230,6 @@ fn splitmix(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
-    })
-}
-
 static UNSEEDED: AtomicU64 = AtomicU64::new(0);
 
 #[async_trait::async_trait]
@@ -253,23 +247,26 @@ impl Interceptor for Retry {
         let mut attempt = 1;
         let mut rng: Option<u64> = None;
         loop {
-            let result = next.run(ctx.clone()).await;
-            let Some(reason) = policy.retry_reason(&result) else {
-                return result;
-            };
             if attempt >= policy.attempts {
+                // The last attempt: `ctx` is not needed after it.
+                let result = next.run(ctx).await;
                 // With a single attempt allowed nothing was retried: pass the result on as is.
-                return if attempt == 1 {
-                    result
-                } else {
+                return if attempt > 1 && policy.wants_retry(&result) {
                     Err(exhausted(result, attempt))
+                } else {
+                    result
                 };
             }
-            if ctx.is_cancelled() {
+            let result = next.run(ctx.clone()).await;
+            if !policy.wants_retry(&result) || ctx.is_cancelled() {
                 return result;
             }
+            let reason = match &result {
+                Ok(out) => retry_message(out).to_owned(),
+                Err(e) => e.to_string(),
+            };
             let state = rng.get_or_insert_with(|| {
-                let stage = fnv1a(ctx.stage_name().as_bytes());
+                let stage = Fnv::hash(ctx.stage_name().as_bytes());
                 match policy.seed {
                     Some(seed) => seed ^ stage,
                     None => {
@@ -291,10 +288,8 @@ impl Interceptor for Retry {
                 }),
             );
             tracing::debug!(target: "stageflow", stage = ctx.stage_name(), attempt, ?delay, %reason, "retrying stage");
-            tokio::select! {
-                biased;
-                () = ctx.cancelled() => return result,
-                () = tokio::time::sleep(delay) => {}
+            if !sleep_unless_cancelled(&ctx, delay).await {
+                return result;
             }
         }
     }
@@ -303,7 +298,7 @@ impl Interceptor for Retry {
 fn exhausted(result: StageResult, attempts: u32) -> StageError {
     let last = match result {
         Err(e) => e,
-        Ok(out) => StageError::msg(out.message().unwrap_or("retry requested").to_owned()),
+        Ok(out) => StageError::msg(retry_message(&out)),
     };
     StageError::from(RetriesExhausted { attempts, last })
 }
