@@ -1,86 +1,21 @@
 //! End-to-end tests of `stageflow run`, `check` and `graph`: they run the binary on the example
 //! files and on small pipelines written to temporary directories.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The binary, run from a fresh directory of its own so that the run store it records into
-/// (`.stageflow/` in the working directory) never lands in the source tree or is shared.
-fn bin() -> Command {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pipeline-files-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create the working directory");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stageflow"));
-    cmd.current_dir(dir);
-    cmd
-}
+use common::{
+    bin, examples, interrupt, json_of, run, run_path, run_with_events, spawn_with_events, stderr,
+    TempDir,
+};
 
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
-}
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "stageflow-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).stdin(Stdio::null()).output().unwrap()
-}
-
-fn run_path(args: &[&str], file: &Path) -> Output {
-    let mut cmd = bin();
-    cmd.args(args).arg(file).stdin(Stdio::null());
-    cmd.output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json_of(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&o.stdout),
-            stderr(o)
-        )
-    })
-}
+/// A pipeline whose only stage ignores SIGTERM, and whose cleanup touches `cleaned`.
+const STUBBORN: &str =
+    "[pipeline]\ncleanup = [\"touch cleaned\"]\n[stages.stubborn]\nrun = \"trap '' TERM; sleep 30\"\n";
 
 fn stage<'a>(result: &'a Value, name: &str) -> &'a Value {
     result["stages"]
@@ -104,13 +39,7 @@ fn build_test_package_example_runs() {
     let tmp = TempDir::new("btp");
     let events_file = tmp.path("events.jsonl");
     let file = examples().join("build-test-package.toml");
-    let out = bin()
-        .arg("run")
-        .arg(&file)
-        .args(["--json", "--max-parallel", "4", "--events"])
-        .arg(&events_file)
-        .output()
-        .unwrap();
+    let out = run_with_events(&file, &["--json", "--max-parallel", "4"], &events_file);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
     let result = json_of(&out);
@@ -215,14 +144,7 @@ fn fan_out_example_merges_matrix_outputs() {
 fn nested_example_runs_the_child_pipeline() {
     let tmp = TempDir::new("nested");
     let events_file = tmp.path("events.jsonl");
-    let out = bin()
-        .arg("run")
-        .arg(examples().join("nested.toml"))
-        .arg("--json")
-        .arg("--events")
-        .arg(&events_file)
-        .output()
-        .unwrap();
+    let out = run_with_events(&examples().join("nested.toml"), &["--json"], &events_file);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let result = json_of(&out);
     assert_eq!(
@@ -591,11 +513,10 @@ fn wait_for_event(path: &Path, event: &str, stage: &str) {
     }
 }
 
-fn interrupt(child: &std::process::Child) {
-    // SAFETY: sending a signal to our own child process.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
+/// Waits until `stage` has started, then a little longer so its command is running.
+fn wait_until_running(events_file: &Path, stage: &str) {
+    wait_for_event(events_file, "stage_started", stage);
+    std::thread::sleep(Duration::from_millis(100));
 }
 
 #[test]
@@ -620,18 +541,8 @@ run = "echo never > never.txt"
 "#,
     );
     let started = Instant::now();
-    let child = bin()
-        .arg("run")
-        .arg(&file)
-        .arg("--json")
-        .arg("--events")
-        .arg(&events_file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_event(&events_file, "stage_started", "sleeper");
-    std::thread::sleep(Duration::from_millis(100));
+    let child = spawn_with_events(&file, &["--json"], &events_file);
+    wait_until_running(&events_file, "sleeper");
     interrupt(&child);
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
@@ -661,20 +572,9 @@ run = "echo never > never.txt"
 fn a_command_ignoring_sigterm_is_killed_after_the_grace_period() {
     let tmp = TempDir::new("grace");
     let events_file = tmp.path("events.jsonl");
-    let file = tmp.write(
-        "p.toml",
-        "[pipeline]\ncleanup = [\"touch cleaned\"]\n[stages.stubborn]\nrun = \"trap '' TERM; sleep 30\"\n",
-    );
-    let child = bin()
-        .arg("run")
-        .arg(&file)
-        .args(["--grace", "300ms", "--events"])
-        .arg(&events_file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_event(&events_file, "stage_started", "stubborn");
-    std::thread::sleep(Duration::from_millis(100));
+    let file = tmp.write("p.toml", STUBBORN);
+    let child = spawn_with_events(&file, &["--grace", "300ms"], &events_file);
+    wait_until_running(&events_file, "stubborn");
     let started = Instant::now();
     interrupt(&child);
     let out = child.wait_with_output().unwrap();
@@ -691,20 +591,9 @@ fn a_command_ignoring_sigterm_is_killed_after_the_grace_period() {
 fn a_second_ctrl_c_stops_at_once() {
     let tmp = TempDir::new("sigint2");
     let events_file = tmp.path("events.jsonl");
-    let file = tmp.write(
-        "p.toml",
-        "[pipeline]\ncleanup = [\"touch cleaned\"]\n[stages.stubborn]\nrun = \"trap '' TERM; sleep 30\"\n",
-    );
-    let child = bin()
-        .arg("run")
-        .arg(&file)
-        .args(["--grace", "30s", "--events"])
-        .arg(&events_file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_event(&events_file, "stage_started", "stubborn");
-    std::thread::sleep(Duration::from_millis(100));
+    let file = tmp.write("p.toml", STUBBORN);
+    let child = spawn_with_events(&file, &["--grace", "30s"], &events_file);
+    wait_until_running(&events_file, "stubborn");
     let started = Instant::now();
     interrupt(&child);
     std::thread::sleep(Duration::from_millis(200));

@@ -4,82 +4,34 @@
 //! Every test runs the binary with its working directory set to a fresh temporary directory, so
 //! each has its own store. Stages append to `log.txt`, which tells which stages ran how often.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
+use common::{interrupt, json_of, stderr, TempDir};
 
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "stageflow-runs-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// `stageflow ARGS` in this directory.
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stageflow"));
-        cmd.args(args)
-            .current_dir(&self.0)
-            .stdin(Stdio::null())
-            .env_remove("STAGEFLOW_RUN_ID");
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    /// Lines of `log.txt`.
-    fn log(&self) -> Vec<String> {
-        std::fs::read_to_string(self.path("log.txt"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+/// Waits (up to 15 s) until `log.txt` in `tmp` has at least `lines` lines.
+fn wait_for_log(tmp: &TempDir, lines: usize) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tmp.log().len() < lines {
+        assert!(Instant::now() < deadline, "the run did not progress");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// `stageflow runs list --json` in `tmp`.
+fn list_runs(tmp: &TempDir) -> Value {
+    json_of(&tmp.run(&["runs", "list", "--json"]))
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json_of(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&o.stdout),
-            stderr(o)
-        )
-    })
+/// `stageflow runs show ID --json` in `tmp`.
+fn show_run(tmp: &TempDir, id: &str) -> Value {
+    json_of(&tmp.run(&["runs", "show", id, "--json"]))
 }
 
 fn counts(lines: &[String]) -> HashMap<String, usize> {
@@ -184,7 +136,7 @@ fn a_run_is_recorded_listed_and_shown() {
             "{text}"
         );
     }
-    let show = json_of(&tmp.run(&["runs", "show", &id, "--json"]));
+    let show = show_run(&tmp, &id);
     let names: Vec<&str> = show["stages"]
         .as_array()
         .unwrap()
@@ -199,13 +151,7 @@ fn a_run_is_recorded_listed_and_shown() {
     let out = tmp.run(&["run", "p.toml", "--no-record", "--quiet"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(!stderr(&out).contains("; run "), "{}", stderr(&out));
-    assert_eq!(
-        json_of(&tmp.run(&["runs", "list", "--json"]))
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(list_runs(&tmp).as_array().unwrap().len(), 1);
 }
 
 #[test]
@@ -213,7 +159,7 @@ fn a_failed_run_resumes_without_rerunning_committed_stages() {
     let tmp = TempDir::new("resume");
     let id = failed_run(&tmp);
     assert_eq!(tmp.log(), ["a"]);
-    let show = json_of(&tmp.run(&["runs", "show", &id, "--json"]));
+    let show = show_run(&tmp, &id);
     assert_eq!(show["status"], "failed");
     assert!(
         show["error"].as_str().unwrap().contains("stage `b` failed"),
@@ -237,7 +183,7 @@ fn a_failed_run_resumes_without_rerunning_committed_stages() {
     assert_eq!(result["stages"][0]["status"], "restored");
     assert_eq!(tmp.log(), ["a", "b", "c"], "stage a ran again");
 
-    let list = json_of(&tmp.run(&["runs", "list", "--json"]));
+    let list = list_runs(&tmp);
     assert_eq!(list[0]["status"], "completed");
     assert_eq!(list[0]["stages_recorded"], 3);
 
@@ -272,23 +218,19 @@ fn a_killed_run_resumes_and_no_committed_stage_runs_twice() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while tmp.log().len() < 8 {
-        assert!(Instant::now() < deadline, "the run did not progress");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_log(&tmp, 8);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // The command running at the kill may still append its line; let it.
     std::thread::sleep(Duration::from_millis(150));
 
-    let runs = json_of(&tmp.run(&["runs", "list", "--json"]));
+    let runs = list_runs(&tmp);
     let run = &runs[0];
     let id = run["run_id"].as_str().unwrap().to_owned();
     assert_eq!(run["status"], "running");
     assert_eq!(run["crashed"], true, "{run}");
     assert_eq!(run["shown_status"], "crashed");
-    let show = json_of(&tmp.run(&["runs", "show", &id, "--json"]));
+    let show = show_run(&tmp, &id);
     let committed: HashSet<String> = show["stages"]
         .as_array()
         .unwrap()
@@ -317,7 +259,7 @@ fn a_killed_run_resumes_and_no_committed_stage_runs_twice() {
     }
     // At most the stages in flight or finished in the last commit window ran twice.
     assert!(log.len() <= n + 3, "{before} then {log:?}");
-    let run = &json_of(&tmp.run(&["runs", "list", "--json"]))[0];
+    let run = &list_runs(&tmp)[0];
     assert_eq!(run["status"], "completed");
     assert_eq!(run["stages_recorded"], n);
 }
@@ -340,16 +282,11 @@ run = "echo slow-started >> log.txt; sleep 30"
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while tmp.log().len() < 2 {
-        assert!(Instant::now() < deadline, "the run did not progress");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    wait_for_log(&tmp, 2);
+    interrupt(&child);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
-    let run = &json_of(&tmp.run(&["runs", "list", "--json"]))[0];
+    let run = &list_runs(&tmp)[0];
     assert_eq!(run["status"], "cancelled", "{run}");
     let id = run["run_id"].as_str().unwrap().to_owned();
     tmp.write(
@@ -379,10 +316,7 @@ fn a_changed_or_missing_file_is_refused_unless_forced() {
     assert!(err.contains("stage commands changed"), "{err}");
     assert!(err.contains("--force"), "{err}");
     assert_eq!(tmp.log(), ["a"], "nothing ran");
-    assert_eq!(
-        json_of(&tmp.run(&["runs", "list", "--json"]))[0]["status"],
-        "failed"
-    );
+    assert_eq!(list_runs(&tmp)[0]["status"], "failed");
 
     // A comment is a change too, reported as such.
     tmp.write("p.toml", &format!("# edited\n{FAILS_WITHOUT_MARKER}"));

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{noop, Gauge};
-use stageflow::{Graph, InputError, Pipeline, RunOptions, StageContext, StageOutput, StageSpec};
+use stageflow::{
+    Graph, InputError, Pipeline, RunOptions, Stage, StageContext, StageOutput, StageSpec,
+};
 
 /// Sleeps or yields a little, depending on `seed`, to shuffle interleavings between runs.
 async fn jitter(seed: u64) {
@@ -20,6 +22,20 @@ async fn jitter(seed: u64) {
             tokio::task::yield_now().await;
         }
         _ => tokio::time::sleep(Duration::from_millis(1)).await,
+    }
+}
+
+/// A stage outputting `v = a.v + add` and the run id it saw, after a jitter seeded
+/// `a.v / 1000 + seed`.
+fn a_plus(add: u64, seed: u64) -> impl Stage {
+    move |ctx: StageContext| async move {
+        let a: u64 = ctx.get_from("a", "v")?;
+        jitter(a / 1000 + seed).await;
+        Ok::<_, InputError>(
+            StageOutput::ok()
+                .with("v", a + add)
+                .with("run", ctx.run_id()),
+        )
     }
 }
 
@@ -36,25 +52,9 @@ fn arithmetic_graph() -> Graph {
                     .with("run", ctx.run_id()),
             )
         })
-        .stage("b", |ctx: StageContext| async move {
-            let a: u64 = ctx.get_from("a", "v")?;
-            jitter(a / 1000 + 1).await;
-            Ok::<_, InputError>(
-                StageOutput::ok()
-                    .with("v", a + 20)
-                    .with("run", ctx.run_id()),
-            )
-        })
+        .stage("b", a_plus(20, 1))
         .after("a")
-        .stage("c", |ctx: StageContext| async move {
-            let a: u64 = ctx.get_from("a", "v")?;
-            jitter(a / 1000 + 2).await;
-            Ok::<_, InputError>(
-                StageOutput::ok()
-                    .with("v", a + 300)
-                    .with("run", ctx.run_id()),
-            )
-        })
+        .stage("c", a_plus(300, 2))
         .after("a")
         .stage("d", |ctx: StageContext| async move {
             let b: u64 = ctx.get_from("b", "v")?;

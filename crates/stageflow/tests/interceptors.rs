@@ -1,6 +1,8 @@
 //! Interceptors: ordering, short-circuits, scopes, and every built-in, deterministically (tokio's
 //! paused clock).
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,12 +12,13 @@ use stageflow::intercept::{
     hooks, Before, BreakerState, CircuitBreaker, ConcurrencyLimit, Hooks, Idempotency, Interceptor,
     InterceptorExt, Jitter, MemoryIdempotencyStore, Next, RateLimit, Retry, RetryPolicy, Timeout,
 };
-use stageflow::observe::MemorySink;
 use stageflow::{
     async_trait, ErrorCode, GuardRetry, Pipeline, RunOptions, StageContext, StageError, StageKind,
     StageOutput, StageResult,
 };
 use tokio::time::Instant;
+
+use common::{recorded_ok, ReadyOk};
 
 type Log = Arc<Mutex<Vec<String>>>;
 
@@ -52,27 +55,13 @@ fn tag(name: &'static str, priority: i32, log: &Log) -> Tag {
     }
 }
 
-fn logging_stage(log: &Log) -> impl Fn(StageContext) -> futures_ready::Ready + Send + Sync {
+fn logging_stage(log: &Log) -> impl Fn(StageContext) -> ReadyOk + Send + Sync {
     let log = log.clone();
     move |ctx: StageContext| {
         log.lock()
             .unwrap()
             .push(format!("run {}", ctx.stage_name()));
-        futures_ready::Ready
-    }
-}
-
-/// A ready `StageOutput::ok()` future, so the stage closure can log synchronously.
-mod futures_ready {
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-    pub struct Ready;
-    impl Future for Ready {
-        type Output = stageflow::StageOutput;
-        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
-            Poll::Ready(stageflow::StageOutput::ok())
-        }
+        ReadyOk
     }
 }
 
@@ -325,11 +314,7 @@ async fn retry_exact_attempts_and_delays_with_events() {
         .retry(no_jitter(3))
         .build()
         .unwrap();
-    let sink = MemorySink::new();
-    let report = graph
-        .run_with((), RunOptions::new().events(sink.clone()))
-        .await
-        .unwrap();
+    let (report, sink) = recorded_ok(&graph, RunOptions::new()).await;
     assert_eq!(
         report
             .results()
@@ -784,11 +769,7 @@ fn guarded(
 #[tokio::test(start_paused = true)]
 async fn guard_retry_recovers_and_dependents_see_the_accepted_output() {
     let (graph, case) = guarded(|n| n, 2, GuardRetry::attempts(5));
-    let sink = MemorySink::new();
-    let report = graph
-        .run_with((), RunOptions::new().events(sink.clone()))
-        .await
-        .unwrap();
+    let (report, sink) = recorded_ok(&graph, RunOptions::new()).await;
     assert_eq!(case.producer_runs.load(Ordering::SeqCst), 3);
     assert_eq!(case.guard_runs.load(Ordering::SeqCst), 3);
     assert_eq!(

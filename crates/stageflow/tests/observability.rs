@@ -1,7 +1,10 @@
 //! Observability: lifecycle event sequences, sinks, spans, progress, memory, watchdog, summary,
 //! wide events.
 
+mod common;
+
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,33 +15,63 @@ use stageflow::observe::{
     SummaryOptions, Watchdog, WhenFull, WideEvents,
 };
 use stageflow::{
-    CancellationToken, Pipeline, RunOptions, StageContext, StageOutput, StageSpec, StageStatus,
+    CancellationToken, Graph, Pipeline, RunOptions, Stage, StageContext, StageOutput, StageSpec,
+    StageStatus,
 };
+
+use common::{recorded_err, recorded_ok, ReadyOk};
 
 // Counts allocations per thread so per-stage allocation figures can be checked.
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc::new();
 
-fn ok_stage() -> impl Fn(StageContext) -> futures_ready::Ready + Send + Sync + 'static {
-    |_ctx| futures_ready::ready()
+/// A stage that succeeds on its first poll.
+fn ok_stage() -> impl Fn(StageContext) -> ReadyOk + Send + Sync + 'static {
+    |_ctx| ReadyOk
 }
 
-/// A tiny always-ready future returning `StageOutput::ok()`, so stages complete on first poll.
-mod futures_ready {
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
+/// A stage that sleeps `ms` milliseconds, then succeeds.
+fn sleepy(ms: u64) -> impl Stage {
+    move |_ctx: StageContext| async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        StageOutput::ok()
+    }
+}
 
-    pub struct Ready;
-    pub fn ready() -> Ready {
-        Ready
-    }
-    impl Future for Ready {
-        type Output = stageflow::StageOutput;
-        fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
-            Poll::Ready(stageflow::StageOutput::ok())
-        }
-    }
+/// `pipeline`: `names[0] -> names[1] -> names[2]`, where the middle stage is `middle` and the
+/// others succeed at once.
+fn chain_around(pipeline: &str, names: [&str; 3], middle: impl Stage) -> Graph {
+    Pipeline::builder(pipeline)
+        .stage(names[0], ok_stage())
+        .stage(names[1], middle)
+        .after(names[0])
+        .stage(names[2], ok_stage())
+        .after(names[1])
+        .build()
+        .unwrap()
+}
+
+/// A watchdog reporting a stall after `idle_ms` milliseconds without progress, checking every
+/// 10 ms.
+fn fast_watchdog(idle_ms: u64) -> Watchdog {
+    Watchdog::new(Duration::from_millis(idle_ms)).check_every(Duration::from_millis(10))
+}
+
+/// A scratch directory `stageflow-obs-{tag}-{pid}` under the system temp directory, created.
+fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("stageflow-obs-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Installs a [`capture::Capture`] layer as this thread's default subscriber, for as long as the
+/// returned guard lives.
+fn capture_tracing() -> (capture::Capture, tracing::subscriber::DefaultGuard) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let capture = capture::Capture::default();
+    let subscriber = tracing_subscriber::registry().with(capture.clone());
+    let guard = tracing::subscriber::set_default(subscriber);
+    (capture, guard)
 }
 
 /// Checks `actual` against `groups`: each group must appear as a contiguous block, in order;
@@ -102,12 +135,6 @@ fn observed_run_future_is_send() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diamond_success_sequence() {
-    let sleepy = |ms: u64| {
-        move |_ctx: StageContext| async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            StageOutput::ok()
-        }
-    };
     let graph = Pipeline::builder("diamond")
         .stage("a", ok_stage())
         .stage("b", sleepy(5))
@@ -118,11 +145,7 @@ async fn diamond_success_sequence() {
         .after(["b", "c"])
         .build()
         .unwrap();
-    let sink = MemorySink::new();
-    let report = graph
-        .run_with((), RunOptions::new().events(sink.clone()))
-        .await
-        .unwrap();
+    let (report, sink) = recorded_ok(&graph, RunOptions::new()).await;
     assert_groups(
         &sink.event_types(),
         &[
@@ -169,21 +192,10 @@ async fn diamond_success_sequence() {
 
 #[tokio::test]
 async fn failure_in_the_middle_of_a_chain() {
-    let graph = Pipeline::builder("chain")
-        .stage("s0", ok_stage())
-        .stage("s1", |_ctx: StageContext| async {
-            StageOutput::fail("disk full")
-        })
-        .after("s0")
-        .stage("s2", ok_stage())
-        .after("s1")
-        .build()
-        .unwrap();
-    let sink = MemorySink::new();
-    let failure = graph
-        .run_with((), RunOptions::new().events(sink.clone()))
-        .await
-        .unwrap_err();
+    let graph = chain_around("chain", ["s0", "s1", "s2"], |_ctx: StageContext| async {
+        StageOutput::fail("disk full")
+    });
+    let (failure, sink) = recorded_err(&graph, RunOptions::new()).await;
     assert_eq!(
         sink.event_types(),
         [
@@ -218,11 +230,7 @@ async fn errors_panics_and_condition_errors_are_failed_events() {
         })
         .build()
         .unwrap();
-    let sink = MemorySink::new();
-    graph
-        .run_with((), RunOptions::new().events(sink.clone()))
-        .await
-        .unwrap_err();
+    let (_, sink) = recorded_err(&graph, RunOptions::new()).await;
     let events = sink.events();
     let failed = events
         .iter()
@@ -238,11 +246,7 @@ async fn errors_panics_and_condition_errors_are_failed_events() {
         .when(|_| Err::<bool, _>(stageflow::StageError::msg("bad input")))
         .build()
         .unwrap();
-    let sink = MemorySink::new();
-    graph
-        .run_with((), RunOptions::new().events(sink.clone()))
-        .await
-        .unwrap_err();
+    let (_, sink) = recorded_err(&graph, RunOptions::new()).await;
     assert_eq!(
         sink.event_types(),
         [
@@ -259,21 +263,10 @@ async fn errors_panics_and_condition_errors_are_failed_events() {
 
 #[tokio::test]
 async fn cancel_by_stage_sequence() {
-    let graph = Pipeline::builder("chain")
-        .stage("a", ok_stage())
-        .stage("b", |_ctx: StageContext| async {
-            StageOutput::cancel("enough")
-        })
-        .after("a")
-        .stage("c", ok_stage())
-        .after("b")
-        .build()
-        .unwrap();
-    let sink = MemorySink::new();
-    let report = graph
-        .run_with((), RunOptions::new().events(sink.clone()))
-        .await
-        .unwrap();
+    let graph = chain_around("chain", ["a", "b", "c"], |_ctx: StageContext| async {
+        StageOutput::cancel("enough")
+    });
+    let (report, sink) = recorded_ok(&graph, RunOptions::new()).await;
     assert!(!report.is_completed());
     assert_eq!(
         sink.event_types(),
@@ -312,20 +305,13 @@ async fn cancel_by_caller_reports_running_stages_cancelled() {
         .after(["slow1", "slow2"])
         .build()
         .unwrap();
-    let sink = MemorySink::new();
     let token = CancellationToken::new();
     let canceller = token.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(50)).await;
         canceller.cancel();
     });
-    let report = graph
-        .run_with(
-            (),
-            RunOptions::new().events(sink.clone()).cancel_token(token),
-        )
-        .await
-        .unwrap();
+    let (report, sink) = recorded_ok(&graph, RunOptions::new().cancel_token(token)).await;
     assert!(!report.is_completed());
     assert_groups(
         &sink.event_types(),
@@ -363,11 +349,7 @@ async fn skip_sequences() {
         .after("b")
         .build()
         .unwrap();
-    let sink = MemorySink::new();
-    let report = graph
-        .run_with((), RunOptions::new().events(sink.clone()))
-        .await
-        .unwrap();
+    let (report, sink) = recorded_ok(&graph, RunOptions::new()).await;
     assert!(report.is_completed());
     assert_eq!(
         sink.event_types(),
@@ -400,11 +382,7 @@ async fn skip_sequences() {
         .after("x")
         .build()
         .unwrap();
-    let sink = MemorySink::new();
-    graph
-        .run_with((), RunOptions::new().events(sink.clone()))
-        .await
-        .unwrap();
+    let (_, sink) = recorded_ok(&graph, RunOptions::new()).await;
     assert_eq!(
         sink.event_types(),
         [
@@ -431,11 +409,7 @@ async fn custom_events_and_artifacts_are_forwarded_and_serialized() {
         })
         .build()
         .unwrap();
-    let sink = MemorySink::new();
-    let report = graph
-        .run_with((), RunOptions::new().events(sink.clone()))
-        .await
-        .unwrap();
+    let (report, sink) = recorded_ok(&graph, RunOptions::new()).await;
     assert_eq!(
         sink.event_types(),
         [
@@ -475,7 +449,7 @@ async fn custom_events_and_artifacts_are_forwarded_and_serialized() {
     assert!(std::mem::size_of::<StageOutput>() <= 64);
 }
 
-fn chain(n: usize) -> stageflow::Graph {
+fn chain(n: usize) -> Graph {
     Pipeline::builder("chain")
         .with_linear_chain(n, |i| StageSpec::new(format!("s{i}"), ok_stage()))
         .build()
@@ -486,8 +460,7 @@ fn chain(n: usize) -> stageflow::Graph {
 async fn jsonl_100k_stages_nothing_lost() {
     const N: usize = 100_000;
     let graph = chain(N);
-    let dir = std::env::temp_dir().join(format!("stageflow-obs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("100k");
     let path = dir.join("run.jsonl");
     let sink = JsonlSink::builder()
         .capacity(8192)
@@ -542,8 +515,7 @@ async fn jsonl_100k_stages_nothing_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jsonl_drop_mode_counts_drops_and_flushes_the_rest() {
     let graph = chain(20_000);
-    let dir = std::env::temp_dir().join(format!("stageflow-obs-drop-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("drop");
     let path = dir.join("run.jsonl");
     // A tiny buffer and a long linger: the writer cannot keep up, so events are dropped.
     let sink = JsonlSink::builder()
@@ -568,8 +540,7 @@ async fn jsonl_drop_mode_counts_drops_and_flushes_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jsonl_awaitable_emit_waits_for_room() {
     use stageflow::observe::{Event, EventSink};
-    let dir = std::env::temp_dir().join(format!("stageflow-obs-emit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("emit");
     let path = dir.join("emit.jsonl");
     let sink = JsonlSink::builder()
         .capacity(16)
@@ -704,27 +675,8 @@ async fn progress_reaches_total_and_never_goes_backwards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchdog_fires_on_a_stall() {
-    let graph = Pipeline::builder("p")
-        .stage("quick", ok_stage())
-        .stage("stuck", |_ctx: StageContext| async {
-            tokio::time::sleep(Duration::from_millis(400)).await;
-            StageOutput::ok()
-        })
-        .after("quick")
-        .stage("after", ok_stage())
-        .after("stuck")
-        .build()
-        .unwrap();
-    let sink = MemorySink::new();
-    let report = graph
-        .run_with(
-            (),
-            RunOptions::new().events(sink.clone()).watchdog(
-                Watchdog::new(Duration::from_millis(100)).check_every(Duration::from_millis(10)),
-            ),
-        )
-        .await
-        .unwrap();
+    let graph = chain_around("p", ["quick", "stuck", "after"], sleepy(400));
+    let (report, sink) = recorded_ok(&graph, RunOptions::new().watchdog(fast_watchdog(100))).await;
     let stalls = &report.observability().unwrap().stalls;
     assert_eq!(stalls.len(), 1, "{stalls:?}");
     assert_eq!(stalls[0].stages, ["stuck"]);
@@ -759,16 +711,7 @@ async fn watchdog_stays_quiet_when_stages_keep_finishing() {
         })
         .build()
         .unwrap();
-    let sink = MemorySink::new();
-    let report = graph
-        .run_with(
-            (),
-            RunOptions::new().events(sink.clone()).watchdog(
-                Watchdog::new(Duration::from_millis(150)).check_every(Duration::from_millis(10)),
-            ),
-        )
-        .await
-        .unwrap();
+    let (report, sink) = recorded_ok(&graph, RunOptions::new().watchdog(fast_watchdog(150))).await;
     assert!(report.observability().unwrap().stalls.is_empty());
     assert!(!sink.event_types().iter().any(|t| t == "pipeline.stalled"));
 }
@@ -796,12 +739,6 @@ async fn watchdog_with_paused_clock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn summary_critical_path_and_percentiles() {
-    let sleepy = |ms: u64| {
-        move |_ctx: StageContext| async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            StageOutput::ok()
-        }
-    };
     let graph = Pipeline::builder("p")
         .stage("a", sleepy(10))
         .stage("b", sleepy(2))
@@ -865,17 +802,13 @@ async fn wide_events() {
         .after("a")
         .build()
         .unwrap();
-    let sink = MemorySink::new();
-    graph
-        .run_with(
-            (),
-            RunOptions::new()
-                .events(sink.clone())
-                .wide_events(WideEvents::all())
-                .summary(SummaryOptions::default()),
-        )
-        .await
-        .unwrap();
+    let (_, sink) = recorded_ok(
+        &graph,
+        RunOptions::new()
+            .wide_events(WideEvents::all())
+            .summary(SummaryOptions::default()),
+    )
+    .await;
     let events = sink.events();
     let wide: Vec<_> = events
         .iter()
@@ -917,11 +850,7 @@ async fn memory_report_and_allocations_per_stage() {
         .after("small")
         .build()
         .unwrap();
-    let sink = MemorySink::new();
-    let report = graph
-        .run_with((), RunOptions::new().events(sink.clone()).memory(true))
-        .await
-        .unwrap();
+    let (report, sink) = recorded_ok(&graph, RunOptions::new().memory(true)).await;
     let mem = report.observability().unwrap().memory.unwrap();
     if cfg!(target_os = "linux") {
         assert!(mem.rss_start.unwrap() > 0);
@@ -1035,10 +964,7 @@ mod capture {
 
 #[tokio::test]
 async fn tracing_spans_run_parent_of_stages_and_stages_polled_inside() {
-    use tracing_subscriber::layer::SubscriberExt;
-    let capture = capture::Capture::default();
-    let subscriber = tracing_subscriber::registry().with(capture.clone());
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = capture_tracing();
 
     let graph = Pipeline::builder("traced")
         .stage("a", |_ctx: StageContext| async {
@@ -1096,10 +1022,7 @@ async fn tracing_spans_run_parent_of_stages_and_stages_polled_inside() {
 
 #[tokio::test]
 async fn tracing_sink_logs_events() {
-    use tracing_subscriber::layer::SubscriberExt;
-    let capture = capture::Capture::default();
-    let subscriber = tracing_subscriber::registry().with(capture.clone());
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = capture_tracing();
     let graph = chain(2);
     graph
         .run_with(

@@ -387,13 +387,16 @@ fn error_count_is_capped_for_builder_errors_too() {
     );
 }
 
+/// Pipeline `name` with `n` independent no-op stages `s0` .. `s{n-1}`.
+fn independent_noops(name: &str, n: usize) -> Pipeline {
+    Pipeline::builder(name).add_all((0..n).map(|i| StageSpec::new(format!("s{i}"), noop)))
+}
+
 #[test]
 fn error_count_is_capped_for_compose_conflicts_too() {
     let n = BuildError::MAX_ERRORS + 10;
-    let left =
-        Pipeline::builder("l").add_all((0..n).map(|i| StageSpec::new(format!("s{i}"), noop)));
-    let right =
-        Pipeline::builder("r").add_all((0..n).map(|i| StageSpec::new(format!("s{i}"), noop)));
+    let left = independent_noops("l", n);
+    let right = independent_noops("r", n);
     let e = build_err(left.compose(right));
     assert!(e
         .errors

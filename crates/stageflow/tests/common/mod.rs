@@ -1,16 +1,32 @@
 //! Helpers shared by the integration tests. Each test binary uses a subset of them.
 #![allow(dead_code)]
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use stageflow::observe::MemorySink;
 use stageflow::{
-    BuildError, ErrorCode, InputError, Pipeline, Results, StageContext, StageOutput, StageSpec,
+    BuildError, ErrorCode, Graph, InputError, Pipeline, Results, RunFailure, RunOptions, RunReport,
+    StageContext, StageOutput, StageSpec,
 };
 
 /// A stage that does nothing.
 pub async fn noop(_ctx: StageContext) -> StageOutput {
     StageOutput::ok()
+}
+
+/// A future that is ready at once with `StageOutput::ok()`: a stage returning it completes on its
+/// first poll, and its closure can do its work synchronously.
+pub struct ReadyOk;
+
+impl Future for ReadyOk {
+    type Output = StageOutput;
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(StageOutput::ok())
+    }
 }
 
 /// Name of stage `i` in the chains built here.
@@ -52,6 +68,29 @@ pub fn build_err(p: Pipeline) -> BuildError {
 /// The codes of a build error, in order.
 pub fn codes(e: &BuildError) -> Vec<ErrorCode> {
     e.errors.iter().map(|e| e.code).collect()
+}
+
+/// Runs `graph` on `()` with `options` plus a fresh [`MemorySink`]; returns the outcome and the
+/// sink holding the run's events.
+pub async fn recorded(
+    graph: &Graph,
+    options: RunOptions,
+) -> (Result<RunReport, RunFailure>, MemorySink) {
+    let sink = MemorySink::new();
+    let outcome = graph.run_with((), options.events(sink.clone())).await;
+    (outcome, sink)
+}
+
+/// [`recorded`] for a run that must return a report.
+pub async fn recorded_ok(graph: &Graph, options: RunOptions) -> (RunReport, MemorySink) {
+    let (outcome, sink) = recorded(graph, options).await;
+    (outcome.unwrap(), sink)
+}
+
+/// [`recorded`] for a run that must fail.
+pub async fn recorded_err(graph: &Graph, options: RunOptions) -> (RunFailure, MemorySink) {
+    let (outcome, sink) = recorded(graph, options).await;
+    (outcome.unwrap_err(), sink)
 }
 
 /// Increments a counter when dropped: proves a stage future was dropped (aborted or finished).
