@@ -16,6 +16,20 @@ use super::run::{EXIT_INVALID, EXIT_OK};
 pub struct RunArgs {
     /// The pipeline file (TOML).
     pub file: PathBuf,
+    /// How the run executes and reports (shared with `stageflow runs resume`).
+    #[command(flatten)]
+    pub exec: ExecutionArgs,
+    /// The run store the run is recorded in (created if missing), for `stageflow runs`.
+    #[arg(long, value_name = "PATH", default_value = crate::runs::DEFAULT_STORE)]
+    pub store: PathBuf,
+    /// Do not record the run in the run store (it cannot be resumed then).
+    #[arg(long, conflicts_with = "store")]
+    pub no_record: bool,
+}
+
+/// The flags of every command that executes a pipeline file: `run` and `runs resume`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExecutionArgs {
     /// Most commands running at once (default: `[pipeline] max_parallel`, else the number of CPUs).
     #[arg(long, short = 'j', value_name = "N")]
     pub max_parallel: Option<usize>,
@@ -34,12 +48,6 @@ pub struct RunArgs {
     /// Never draw the progress bar (it is drawn only when stderr is a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
-    /// The run store the run is recorded in (created if missing), for `stageflow runs`.
-    #[arg(long, value_name = "PATH", default_value = crate::runs::DEFAULT_STORE)]
-    pub store: PathBuf,
-    /// Do not record the run in the run store (it cannot be resumed then).
-    #[arg(long, conflicts_with = "store")]
-    pub no_record: bool,
 }
 
 /// `stageflow check FILE`.

@@ -79,7 +79,7 @@ pub(crate) enum Recording {
 
 /// Prints the file's problems; exit code 2.
 pub(crate) fn invalid(args: &RunArgs, diags: &super::Diagnostics) -> ExitCode {
-    if args.json {
+    if args.exec.json {
         println!(
             "{}",
             json!({"status": "invalid", "exit_code": EXIT_INVALID, "errors": diags.to_json()["errors"]})
@@ -169,7 +169,7 @@ pub(crate) fn run_loaded(
         }
     };
     let resumed = durable.as_ref().is_some_and(|d| d.resume);
-    let events = match &args.events {
+    let events = match &args.exec.events {
         Some(path) => match EventLog::create(path, run_id.clone()) {
             Ok(log) => Some(Arc::new(log)),
             Err(e) => {
@@ -183,19 +183,20 @@ pub(crate) fn run_loaded(
         None => None,
     };
     let max_parallel = args
+        .exec
         .max_parallel
         .or(loaded.def.max_parallel)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let show_bar = !args.no_progress && !args.quiet && std::io::stderr().is_terminal();
-    let reporter = Arc::new(Reporter::new(loaded.len(), show_bar, args.quiet));
+    let show_bar = !args.exec.no_progress && !args.exec.quiet && std::io::stderr().is_terminal();
+    let reporter = Arc::new(Reporter::new(loaded.len(), show_bar, args.exec.quiet));
     let env = Arc::new(RunEnv {
         control: Arc::new(Control::new()),
         events,
         reporter: reporter.clone(),
         permits: Arc::new(Semaphore::new(max_parallel)),
         max_parallel,
-        grace: args.grace,
+        grace: args.exec.grace,
         identity,
         run_id: run_id.clone(),
         scratch: std::env::temp_dir().join(format!("stageflow-{run_id}")),
@@ -224,7 +225,7 @@ pub(crate) fn run_loaded(
                 store.display(),
                 loaded.len() - restored.len()
             ));
-        } else if !args.quiet {
+        } else if !args.exec.quiet {
             reporter.line(&format!("run {run_id} (recorded in {})", store.display()));
         }
     }
@@ -247,7 +248,7 @@ pub(crate) fn run_loaded(
   (or run with --no-record)",
             d.error.as_deref().unwrap_or("the run store failed")
         );
-        if args.json {
+        if args.exec.json {
             println!(
                 "{}",
                 json!({"run_id": run_id, "status": "failed", "exit_code": EXIT_FAILED, "error": d.error})
@@ -261,7 +262,7 @@ pub(crate) fn run_loaded(
         events_error.is_some() || record_error.is_some(),
     );
     let records = top.records().clone();
-    if !args.quiet {
+    if !args.exec.quiet {
         eprint!("{}", summary_table(&loaded, &records));
     }
     for c in outcome.cleanup_failures() {
@@ -300,7 +301,7 @@ pub(crate) fn run_loaded(
     if let Some(store) = store_path.as_ref().filter(|_| code != EXIT_OK) {
         eprintln!("resume with: {}", resume_command(&run_id, store));
     }
-    if args.json {
+    if args.exec.json {
         let mut result = json_result(&args.file, &loaded, &outcome, &records, code, &run_id);
         result["recorded"] = Value::Bool(durable.is_some());
         if let (Some(store), Some(d)) = (&store_path, &durable) {

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use stageflow::store::{RunRecord, RunState, RunStore, StageRecord};
 use stageflow::StageStatus;
 
-use crate::pipeline_file::cli::RunArgs;
+use crate::pipeline_file::cli::{ExecutionArgs, RunArgs};
 use crate::pipeline_file::duration::human;
 use crate::pipeline_file::events::rfc3339;
 use crate::pipeline_file::lower::build_shape;
@@ -90,25 +90,9 @@ pub struct ResumeArgs {
     /// their recorded outputs and are not run again).
     #[arg(long)]
     pub force: bool,
-    /// Most commands running at once (default: `[pipeline] max_parallel`, else the number of CPUs).
-    #[arg(long, short = 'j', value_name = "N")]
-    pub max_parallel: Option<usize>,
-    /// Write one JSON event per line to this file.
-    #[arg(long, value_name = "FILE.jsonl")]
-    pub events: Option<PathBuf>,
-    /// Print the result as one JSON object on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// After Ctrl-C, how long running commands get after SIGTERM before SIGKILL.
-    #[arg(long, value_name = "DURATION", default_value = "5s",
-          value_parser = crate::pipeline_file::parse_duration)]
-    pub grace: Duration,
-    /// No per-stage lines, forwarded stderr or summary table; only the final line and errors.
-    #[arg(long, short = 'q')]
-    pub quiet: bool,
-    /// Never draw the progress bar.
-    #[arg(long)]
-    pub no_progress: bool,
+    /// How the resumed run executes and reports (the same flags as `stageflow run`).
+    #[command(flatten)]
+    pub exec: ExecutionArgs,
 }
 
 /// Runs `stageflow runs ...`.
@@ -426,7 +410,7 @@ fn resume(
             "run {id} of pipeline `{}` already completed; nothing to resume",
             run.pipeline
         );
-        if a.json {
+        if a.exec.json {
             println!(
                 "{}",
                 json!({"run_id": id.to_string(), "pipeline": run.pipeline, "status": "completed",
@@ -509,12 +493,7 @@ fn resume(
         .collect();
     let run_args = RunArgs {
         file: info.file.clone(),
-        max_parallel: a.max_parallel,
-        events: a.events.clone(),
-        json: a.json,
-        grace: a.grace,
-        quiet: a.quiet,
-        no_progress: a.no_progress,
+        exec: a.exec.clone(),
         store: args.store.clone(),
         no_record: false,
     };
