@@ -154,5 +154,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "  for comparison, a fresh durable run of {} stages: {rest_time:?}",
         total - at
     );
+    println!(
+        "  loading is {:.0}% of the resume; the remaining work the other {:.0}%",
+        100.0 * done.load_time().as_secs_f64() / resumed.as_secs_f64(),
+        100.0 * (1.0 - done.load_time().as_secs_f64() / resumed.as_secs_f64())
+    );
     Ok(())
 }

@@ -641,7 +641,13 @@ impl Run {
         self.release_dependents(idx, |j| held.is_none_or(|guard| guard == j));
         self.state[idx as usize].output = Some(Arc::new(output));
         if let Some(ext) = self.ext.as_deref_mut() {
-            ext.finished(idx, &self.shared, &mut self.state, &mut self.ready);
+            ext.finished(
+                idx,
+                held.is_none(),
+                &self.shared,
+                &mut self.state,
+                &mut self.ready,
+            );
         }
     }
 

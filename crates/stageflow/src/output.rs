@@ -222,7 +222,7 @@ impl<'de> Deserialize<'de> for OutputData {
 /// A stage may also attach custom events and artifacts ([`event`](Self::event),
 /// [`artifact`](Self::artifact)); the engine forwards them to the run's event sink when the stage
 /// finishes (see [`observe`](crate::observe)). They cost one pointer when unused.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct StageOutput {
     status: StageStatus,
     message: Option<String>,
@@ -231,10 +231,24 @@ pub struct StageOutput {
 }
 
 /// The rarely used parts of an output, boxed so that outputs without them stay small.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 struct Extras {
     events: Vec<CustomEvent>,
     artifacts: Vec<Artifact>,
+    /// Executions that produced the output when more than one (0: unset, meaning 1).
+    attempts: u32,
+}
+
+/// Equal status, message, data, events and artifacts. [`attempts`](StageOutput::attempts) is how
+/// the value was made, not part of it: equality ignores it, as serialization does.
+impl PartialEq for StageOutput {
+    fn eq(&self, other: &Self) -> bool {
+        self.status == other.status
+            && self.message == other.message
+            && self.data == other.data
+            && self.events() == other.events()
+            && self.artifacts() == other.artifacts()
+    }
 }
 
 /// Serializes as `{"status", "message"?, "data"?, "events"?, "artifacts"?}`; empty parts are left out.
@@ -284,6 +298,7 @@ impl<'de> Deserialize<'de> for StageOutput {
             Box::new(Extras {
                 events: r.events,
                 artifacts: r.artifacts,
+                attempts: 0,
             })
         });
         Ok(StageOutput {
@@ -404,6 +419,26 @@ impl StageOutput {
     /// The artifacts attached with [`artifact`](Self::artifact).
     pub fn artifacts(&self) -> &[Artifact] {
         self.extras.as_deref().map_or(&[], |x| &x.artifacts)
+    }
+
+    /// How many executions produced this output: 1, unless a [`Retry`](crate::intercept::Retry)
+    /// interceptor or a [guard retry](crate::GuardRetry) ran the stage again (then every
+    /// execution counts). Stores record it as the stage's attempt count. It is metadata about how
+    /// the value was made: serialization and equality ignore it.
+    ///
+    /// ```
+    /// use stageflow::StageOutput;
+    /// assert_eq!(StageOutput::ok().attempts(), 1);
+    /// ```
+    pub fn attempts(&self) -> u32 {
+        self.extras.as_deref().map_or(1, |x| x.attempts.max(1))
+    }
+
+    /// Sets [`attempts`](Self::attempts); a no-op for 1 on an output without extras.
+    pub(crate) fn set_attempts(&mut self, attempts: u32) {
+        if attempts > 1 || self.extras.is_some() {
+            self.extras_mut().attempts = attempts;
+        }
     }
 
     fn extras_mut(&mut self) -> &mut Extras {

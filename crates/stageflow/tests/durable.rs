@@ -418,3 +418,118 @@ async fn resuming_a_completed_run_runs_nothing() {
         sink_values(&graph, done.report().results())
     );
 }
+
+/// `draft` outputs its run count (1, 2, ...); `check` (its guard) passes from 2 on; `flaky` fails
+/// twice under a 3-attempt retry; `publish` reads `draft`.
+fn retried_pipeline() -> Graph {
+    use stageflow::intercept::Jitter;
+    use stageflow::{GuardRetry, RetryPolicy, StageKind};
+    let draft_runs = Arc::new(AtomicUsize::new(0));
+    let flaky_runs = Arc::new(AtomicUsize::new(0));
+    Pipeline::builder("retried")
+        .stage("draft", move |_ctx: StageContext| {
+            let n = draft_runs.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { StageOutput::ok().with("value", n) }
+        })
+        .stage("check", |ctx: StageContext| async move {
+            let v: usize = ctx.get_from("draft", "value")?;
+            Ok::<_, stageflow::StageError>(if v >= 2 {
+                StageOutput::ok()
+            } else {
+                StageOutput::fail(format!("value {v} too low"))
+            })
+        })
+        .after("draft")
+        .kind(StageKind::Guard)
+        .guard_retry(GuardRetry::attempts(5))
+        .stage("flaky", move |_ctx: StageContext| {
+            let n = flaky_runs.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if n < 3 {
+                    StageOutput::retry("not yet")
+                } else {
+                    StageOutput::ok()
+                }
+            }
+        })
+        .retry(
+            RetryPolicy::attempts(3)
+                .initial_delay(std::time::Duration::from_millis(1))
+                .jitter(Jitter::None),
+        )
+        .stage("publish", |ctx: StageContext| async move {
+            let v: usize = ctx.get_from("draft", "value")?;
+            Ok::<_, stageflow::StageError>(StageOutput::ok().with("published", v))
+        })
+        .after(["draft", "check", "flaky"])
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_recorded_as_attempts_and_a_guarded_producer_with_the_accepted_output() {
+    let graph = retried_pipeline();
+    let store = Arc::new(MemoryStore::new());
+    let done = graph
+        .run_durable((), RunOptions::new(), &Checkpoint::new(store.clone()))
+        .await
+        .unwrap();
+    let results = done.report().results();
+    assert_eq!(results.get("flaky").unwrap().attempts(), 3);
+    assert_eq!(
+        results.get_data::<usize>("publish", "published").unwrap(),
+        2
+    );
+
+    let run_id = done.report().identity().run_id;
+    let records = store.load_stages(run_id).unwrap();
+    let record = |name: &str| records.iter().find(|r| r.stage == name).unwrap();
+    let attempts: Vec<(&str, u32)> = ["draft", "check", "flaky", "publish"]
+        .into_iter()
+        .map(|name| (name, record(name).attempts))
+        .collect();
+    assert_eq!(
+        attempts,
+        [("draft", 2), ("check", 2), ("flaky", 3), ("publish", 1)]
+    );
+    // The producer's record holds the output its guard accepted, not its first one, so a
+    // resume from it gives what the uninterrupted run gave.
+    let draft = record("draft").output.as_ref().unwrap();
+    assert_eq!(draft.get::<usize>("value").unwrap(), 2);
+    // Recorded in an order a resume can trust: the producer before its guard.
+    let position = |name: &str| records.iter().position(|r| r.stage == name).unwrap();
+    assert!(position("draft") < position("check"));
+
+    // Equality and serialization ignore attempts: a restored output equals the live one.
+    let restored: StageOutput =
+        serde_json::from_str(&serde_json::to_string(results.get("flaky").unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(&restored, results.get("flaky").unwrap());
+    assert_eq!(restored.attempts(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_that_rejects_for_good_leaves_its_producer_unrecorded() {
+    use stageflow::{GuardRetry, StageKind};
+    let graph = Pipeline::builder("rejected")
+        .stage("draft", |_ctx: StageContext| async {
+            StageOutput::ok().with("value", 1)
+        })
+        .stage("check", |_ctx: StageContext| async {
+            StageOutput::fail("never good enough")
+        })
+        .after("draft")
+        .kind(StageKind::Guard)
+        .guard_retry(GuardRetry::attempts(3).stop_on_stagnation(false))
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let err = graph
+        .run_durable((), RunOptions::new(), &Checkpoint::new(store.clone()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("never good enough"), "{err}");
+    let run_id = store.list_runs(10).unwrap()[0].run_id;
+    // A resume re-runs the producer: its guard never accepted an output of it.
+    assert!(store.load_stages(run_id).unwrap().is_empty());
+}

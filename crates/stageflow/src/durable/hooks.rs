@@ -22,7 +22,6 @@ pub(crate) struct RunExt {
 
 impl RunExt {
     /// Called once, after the restored stages were marked done and before the first stage starts.
-    // `_graph` is unused: kept while the executor passes it.
     pub(crate) fn attach(&mut self, state: &mut [NodeState], ready: &mut VecDeque<u32>) {
         if let Some(gate) = &mut self.segments {
             gate.attach(state, ready);
@@ -37,21 +36,28 @@ impl RunExt {
     }
 
     /// Stage `idx` finished `ok` or `skip`; its output is in `state[idx]` and its dependents were
-    /// released.
+    /// released. `record`: false for a producer under guard retry, recorded with
+    /// [`record`](Self::record) once its guard accepts an output (a re-run may replace it first).
     pub(crate) fn finished(
         &mut self,
         idx: u32,
+        record: bool,
         shared: &RunShared,
         state: &mut [NodeState],
         ready: &mut VecDeque<u32>,
     ) {
-        if let Some(recorder) = &mut self.recorder {
-            if let Some(output) = &state[idx as usize].output {
-                recorder.finished(idx, output.clone());
-            }
+        if let (true, Some(output)) = (record, &state[idx as usize].output) {
+            self.record(idx, output.clone());
         }
         if let Some(gate) = &mut self.segments {
             gate.finished(idx, shared, state, ready, self.recorder.as_mut());
+        }
+    }
+
+    /// Sends stage `idx`'s final `output` to the checkpoint writer.
+    pub(crate) fn record(&mut self, idx: u32, output: Arc<StageOutput>) {
+        if let Some(recorder) = &mut self.recorder {
+            recorder.finished(idx, output);
         }
     }
 }

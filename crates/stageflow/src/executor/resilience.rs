@@ -160,6 +160,13 @@ struct GuardTimeLimit {
     limit: Duration,
 }
 
+/// Counts a guard retry's `reruns` in `out`'s attempts.
+fn count_reruns(out: &mut StageOutput, reruns: u32) {
+    if reruns > 0 {
+        out.set_attempts(out.attempts() + reruns);
+    }
+}
+
 fn failure_message(finished: &Finished) -> Option<String> {
     match finished {
         Finished::Returned(Ok(out)) if out.status().is_failure() => {
@@ -222,6 +229,19 @@ impl Run {
             return Some(finished);
         }
         let Some(message) = failure_message(&finished) else {
+            // Accepted: the producer is recorded now, with the output the guard saw, and both
+            // count every execution the guard retry made.
+            let mut finished = finished;
+            if let Finished::Returned(Ok(out)) = &mut finished {
+                count_reruns(out, self.guard_state(i).failures);
+            }
+            let producer = plan.producer;
+            if let (Some(ext), Some(output)) = (
+                self.ext.as_deref_mut(),
+                self.state[producer as usize].output.as_ref(),
+            ) {
+                ext.record(producer, output.clone());
+            }
             self.guard_state(i).phase = Phase::Idle;
             self.release_held(i);
             return Some(finished);
@@ -314,6 +334,8 @@ impl Run {
             .expect("a guard's inputs are kept from its start");
         let same = plan.policy.stagnation
             && serde_json::to_string(&*inputs[pos]).ok() == serde_json::to_string(&output).ok();
+        let mut output = output;
+        count_reruns(&mut output, st.failures);
         let output = Arc::new(output);
         inputs[pos] = output.clone();
         st.guard_inputs = Some(inputs.clone());

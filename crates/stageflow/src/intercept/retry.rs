@@ -254,12 +254,12 @@ impl Interceptor for Retry {
                 return if attempt > 1 && policy.wants_retry(&result) {
                     Err(exhausted(result, attempt))
                 } else {
-                    result
+                    counted(result, attempt)
                 };
             }
             let result = next.run(ctx.clone()).await;
             if !policy.wants_retry(&result) || ctx.is_cancelled() {
-                return result;
+                return counted(result, attempt);
             }
             let reason = match &result {
                 Ok(out) => retry_message(out).to_owned(),
@@ -289,10 +289,20 @@ impl Interceptor for Retry {
             );
             tracing::debug!(target: "stageflow", stage = ctx.stage_name(), attempt, ?delay, %reason, "retrying stage");
             if !sleep_unless_cancelled(&ctx, delay).await {
-                return result;
+                return counted(result, attempt - 1);
             }
         }
     }
+}
+
+/// `result` with the executions it took (summed with any inner retry's), for the stage record.
+fn counted(result: StageResult, attempts: u32) -> StageResult {
+    result.map(|mut out| {
+        if attempts > 1 {
+            out.set_attempts(out.attempts() + attempts - 1);
+        }
+        out
+    })
 }
 
 fn exhausted(result: StageResult, attempts: u32) -> StageError {
