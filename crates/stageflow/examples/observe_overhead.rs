@@ -8,7 +8,7 @@
 //! - `all-on`: a JSON Lines sink (lossless: `WhenFull::Block`), tracing spans into a no-op
 //!   subscriber (interested in everything, records nothing), and a progress observer; once with
 //!   the end-of-run fsync (the default) and once without, to separate the per-stage cost from
-//!   the one fsync per run;
+//!   the one fsync per run (a fixed cost of the disk, about half a millisecond here);
 //! - `all-on+registry`: the same with `tracing_subscriber::registry()` (which really creates and
 //!   stores spans) instead of the no-op subscriber.
 //!
@@ -54,44 +54,90 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median µs per stage over `runs` runs of `make_options()`.
+/// One configuration to time: a tracing dispatcher (none, the no-op subscriber or a registry)
+/// and the run options.
+struct Config<'a> {
+    name: &'static str,
+    dispatch: tracing::Dispatch,
+    options: Box<dyn FnMut() -> RunOptions + 'a>,
+    per_stage: Vec<f64>,
+    dropped: u64,
+}
+
+fn config<'a>(
+    name: &'static str,
+    dispatch: tracing::Dispatch,
+    options: Box<dyn FnMut() -> RunOptions + 'a>,
+) -> Config<'a> {
+    Config {
+        name,
+        dispatch,
+        options,
+        per_stage: Vec::new(),
+        dropped: 0,
+    }
+}
+
+/// Runs every configuration `runs` times (plus one warm-up), interleaved (a round runs each once,
+/// starting from a different one each round), so that the machine's drift hits all alike; keeps
+/// each run's µs per stage.
+fn measure_interleaved(
+    rt: &tokio::runtime::Runtime,
+    graph: &Graph,
+    runs: usize,
+    configs: &mut [Config<'_>],
+) {
+    let n = graph.len() as f64;
+    for round in 0..=runs {
+        for k in 0..configs.len() {
+            let c = &mut configs[(round + k) % configs.len()];
+            let options = (c.options)().retention(Retention::Sinks);
+            let t = Instant::now();
+            let report = tracing::dispatcher::with_default(&c.dispatch, || {
+                rt.block_on(graph.run_with((), options))
+            })
+            .expect("run succeeds");
+            let el = t.elapsed();
+            if let Some(obs) = report.observability() {
+                c.dropped += obs.events_dropped;
+            }
+            if round > 0 {
+                c.per_stage.push(el.as_secs_f64() * 1e6 / n);
+            }
+        }
+    }
+}
+
+/// Median µs per stage over `runs` runs of `make_options()` (for the breakdown).
 fn measure(
     rt: &tokio::runtime::Runtime,
     graph: &Graph,
     runs: usize,
-    mut make_options: impl FnMut() -> RunOptions,
-) -> (f64, u64) {
-    let n = graph.len() as f64;
-    let mut per_stage = Vec::with_capacity(runs);
-    let mut dropped = 0;
-    // One warm-up run.
-    for i in 0..=runs {
-        let options = make_options().retention(Retention::Sinks);
-        let t = Instant::now();
-        let report = rt
-            .block_on(graph.run_with((), options))
-            .expect("run succeeds");
-        let el = t.elapsed();
-        if let Some(obs) = report.observability() {
-            dropped += obs.events_dropped;
-        }
-        if i > 0 {
-            per_stage.push(el.as_secs_f64() * 1e6 / n);
-        }
-    }
-    (median(per_stage), dropped)
+    make_options: impl FnMut() -> RunOptions,
+) -> f64 {
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
+    let mut configs = [config("", dispatch, Box::new(make_options))];
+    measure_interleaved(rt, graph, runs, &mut configs);
+    let [c] = configs;
+    median(c.per_stage)
 }
 
-/// Options with everything on. A fresh sink (file truncated) per run, created before the clock
-/// starts, so runs do not pile gigabytes into one file; its thread start is not timed, its
-/// end-of-run flush (and fsync) is.
-fn all_on(path: &std::path::Path, fsync: bool) -> impl FnMut() -> RunOptions + '_ {
-    move || {
-        let sink = JsonlSink::builder()
+/// Options with everything on. The JSONL sink is created before the clock starts (its thread
+/// start is not timed; its end-of-run flush, and fsync, is). For chains under 100,000 stages one
+/// sink serves every run, as in a service that keeps its sink (its buffers are warm and the file
+/// grows by a few MB); longer chains get a fresh sink (file truncated) per run, so runs do not
+/// pile gigabytes into one file.
+fn all_on(path: std::path::PathBuf, fsync: bool, n: usize) -> impl FnMut() -> RunOptions {
+    let make_sink = move || {
+        JsonlSink::builder()
             .when_full(WhenFull::Block)
             .fsync(fsync)
-            .create(path)
-            .expect("create the events file");
+            .create(&path)
+            .expect("create the events file")
+    };
+    let shared = (n < 100_000).then(&make_sink);
+    move || {
+        let sink = shared.clone().unwrap_or_else(&make_sink);
         let (progress, _rx) = ProgressObserver::watch();
         RunOptions::new()
             .events(sink)
@@ -103,7 +149,7 @@ fn all_on(path: &std::path::Path, fsync: bool) -> impl FnMut() -> RunOptions + '
 /// Only one part on, for the breakdown (`BREAKDOWN=1`).
 fn parts(rt: &tokio::runtime::Runtime, g: &Graph, runs: usize, path: &std::path::Path, bare: f64) {
     let row = |name: &str, make: &mut dyn FnMut() -> RunOptions| {
-        let (us, _) = measure(rt, g, runs, make);
+        let us = measure(rt, g, runs, make);
         println!(
             "n={:>9}   only {name:<26} {us:.3} µs/stage ({:+.3})",
             g.len(),
@@ -147,50 +193,63 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let path =
-        std::env::temp_dir().join(format!("stageflow-overhead-{}.jsonl", std::process::id()));
+    // One events file per configuration: sinks kept across runs must not share a file.
+    let file = |name: &str| {
+        std::env::temp_dir().join(format!(
+            "stageflow-overhead-{}-{name}.jsonl",
+            std::process::id()
+        ))
+    };
+    let path = file("parts");
     let graphs: Vec<Graph> = sizes.iter().map(|&n| chain(n)).collect();
     let runs_for = |n: usize| if n >= 500_000 { runs.min(5) } else { runs };
 
-    let mut bare = Vec::new();
     for g in &graphs {
-        let (us, _) = measure(&rt, g, runs_for(g.len()), RunOptions::new);
-        println!("n={:>9} bare                     {us:.3} µs/stage", g.len());
-        bare.push(us);
+        let n = g.len();
+        let runs = runs_for(n);
+        let noop = tracing::Dispatch::new(NoopSubscriber);
+        if std::env::var_os("BREAKDOWN").is_some() {
+            let bare = measure(&rt, g, runs, RunOptions::new);
+            tracing::dispatcher::with_default(&noop, || parts(&rt, g, runs, &path, bare));
+        }
+        // `bare` has no subscriber installed; the others the no-op subscriber (so the engine
+        // creates spans), or a real `tracing_subscriber::registry()`.
+        let mut configs = [
+            config("bare", tracing::Dispatch::none(), Box::new(RunOptions::new)),
+            config(
+                "all-on (no fsync)",
+                noop.clone(),
+                Box::new(all_on(file("nofsync"), false, n)),
+            ),
+            config(
+                "all-on (fsync)",
+                noop.clone(),
+                Box::new(all_on(file("fsync"), true, n)),
+            ),
+            config(
+                "all-on+registry (no fsync)",
+                tracing::Dispatch::new(tracing_subscriber::registry()),
+                Box::new(all_on(file("registry"), false, n)),
+            ),
+        ];
+        measure_interleaved(&rt, g, runs, &mut configs);
+        let bare = median(configs[0].per_stage.clone());
+        for c in &configs {
+            let us = median(c.per_stage.clone());
+            println!(
+                "n={n:>9} {:<27} {us:.3} µs/stage  ({:.2}x bare, dropped {})",
+                c.name,
+                us / bare,
+                c.dropped
+            );
+        }
+        let fsync = median(configs[2].per_stage.clone()) - median(configs[1].per_stage.clone());
+        println!(
+            "n={n:>9} the end-of-run fsync costs {:.2} ms a run",
+            fsync * n as f64 / 1000.0
+        );
     }
-
-    // From here on a subscriber is installed, so the engine creates spans.
-    let noop = tracing::Dispatch::new(NoopSubscriber);
-    tracing::dispatcher::with_default(&noop, || {
-        for (g, &b) in graphs.iter().zip(&bare) {
-            let runs = runs_for(g.len());
-            if std::env::var_os("BREAKDOWN").is_some() {
-                parts(&rt, g, runs, &path, b);
-            }
-            let (us, dropped) = measure(&rt, g, runs, all_on(&path, true));
-            println!(
-                "n={:>9} all-on (fsync)           {us:.3} µs/stage  ({:.2}x bare, dropped {dropped})",
-                g.len(),
-                us / b
-            );
-            let (us, dropped) = measure(&rt, g, runs, all_on(&path, false));
-            println!(
-                "n={:>9} all-on (no fsync)        {us:.3} µs/stage  ({:.2}x bare, dropped {dropped})",
-                g.len(),
-                us / b
-            );
-        }
-    });
-    let registry = tracing::Dispatch::new(tracing_subscriber::registry());
-    tracing::dispatcher::with_default(&registry, || {
-        for (g, &b) in graphs.iter().zip(&bare) {
-            let (us, dropped) = measure(&rt, g, runs_for(g.len()), all_on(&path, false));
-            println!(
-                "n={:>9} all-on+registry (no fsync) {us:.3} µs/stage  ({:.2}x bare, dropped {dropped})",
-                g.len(),
-                us / b
-            );
-        }
-    });
-    let _ = std::fs::remove_file(&path);
+    for name in ["parts", "nofsync", "fsync", "registry"] {
+        let _ = std::fs::remove_file(file(name));
+    }
 }

@@ -394,6 +394,9 @@ impl Run {
                                 if let Some(counts) = &self.publish {
                                     counts.publish(&self.stats);
                                 }
+                                if let Some(obs) = self.obs.as_deref_mut() {
+                                    obs.time_passed();
+                                }
                                 tokio::task::yield_now().await;
                                 if self.shared.cancel.is_cancelled() {
                                     self.stop_by_caller();
