@@ -95,8 +95,8 @@ fn measure_interleaved(
             let t = Instant::now();
             let report = tracing::dispatcher::with_default(&c.dispatch, || {
                 rt.block_on(graph.run_with((), options))
-            })
-            .expect("run succeeds");
+                    .expect("run succeeds")
+            });
             let el = t.elapsed();
             if let Some(obs) = report.observability() {
                 c.dropped += obs.events_dropped;
