@@ -1113,3 +1113,78 @@ async fn otel_span_tree() {
     assert_eq!(names, ["a", "b", "c"]);
     assert_eq!(attr(run, "status").as_deref(), Some("completed"));
 }
+
+/// Everything but what differs between two runs of the same pipeline: ids, times, sizes.
+fn normalized(line: &str) -> Value {
+    let mut v: Value = serde_json::from_str(line).unwrap();
+    let obj = v.as_object_mut().unwrap();
+    for key in ["run_id", "timestamp", "duration_ms", "allocated_bytes"] {
+        if obj.contains_key(key) {
+            obj.insert(key.to_owned(), json!("*"));
+        }
+    }
+    if let Some(data) = obj.get_mut("data").and_then(Value::as_object_mut) {
+        data.remove("memory");
+    }
+    v
+}
+
+/// The JSON Lines sink takes stage events in a compact form its writer expands; the file must
+/// hold exactly the events any other sink gets: same types, stages, kinds, statuses, errors,
+/// custom events and artifacts, in the same order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jsonl_file_holds_the_same_events_as_other_sinks_get() {
+    memory::set_allocation_counter(CountingAlloc::thread_allocated);
+    let graph = Pipeline::builder("same")
+        .stage("load", |_c: StageContext| async {
+            StageOutput::ok()
+                .with("rows", 3)
+                .event("load.progress", json!({"done": 3}))
+                .artifact("table", json!({"rows": 3}))
+        })
+        .stage("skipped", ok_stage())
+        .after("load")
+        .when(|_: &stageflow::ConditionInputs<'_>| false)
+        .stage("broken", |_c: StageContext| async {
+            StageOutput::fail("no luck")
+        })
+        .after("load")
+        .stage("after_broken", ok_stage())
+        .after("broken")
+        .stage("last", ok_stage())
+        .after("load")
+        .build()
+        .unwrap();
+    let options = || {
+        RunOptions::new()
+            .failure_policy(stageflow::FailurePolicy::Continue)
+            .max_concurrency(1)
+            .memory(true)
+            .wide_events(WideEvents::none())
+    };
+    let memory_sink = MemorySink::new();
+    let _ = graph
+        .run_with((), options().events(memory_sink.clone()))
+        .await;
+    let want: Vec<Value> = memory_sink
+        .events()
+        .iter()
+        .map(|e| normalized(&e.to_json_line()))
+        .collect();
+
+    let dir = scratch_dir("same");
+    let path = dir.join("run.jsonl");
+    let sink = JsonlSink::create(&path).unwrap();
+    let _ = graph.run_with((), options().events(sink.clone())).await;
+    sink.close().await.unwrap();
+    let got: Vec<Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(normalized)
+        .collect();
+    assert_eq!(got, want);
+    assert!(got.iter().any(|v| v["type"] == "load.progress"));
+    assert!(got.iter().any(|v| v["type"] == "stage.broken.failed"));
+    assert!(got.iter().any(|v| v["allocated_bytes"] == "*"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -528,13 +528,56 @@ pub(crate) struct Encoder {
     second: Option<(i64, [u8; 19])>,
 }
 
+/// The fields of one event line, borrowed: from an [`Event`], or straight from a compact stage
+/// note and its run (the JSON Lines sink's fast path), so both encode through the same code.
+pub(crate) struct EventParts<'a> {
+    pub(crate) kind: &'a EventKind,
+    pub(crate) run_id: Uuid,
+    pub(crate) parent_run_id: Option<Uuid>,
+    pub(crate) root_run_id: Option<Uuid>,
+    pub(crate) pipeline: &'a str,
+    pub(crate) stage: Option<&'a str>,
+    pub(crate) stage_kind: Option<StageKind>,
+    pub(crate) timestamp: SystemTime,
+    pub(crate) duration: Option<Duration>,
+    pub(crate) status: Option<&'a str>,
+    pub(crate) error: Option<&'a str>,
+    pub(crate) allocated_bytes: Option<u64>,
+    pub(crate) data: &'a Value,
+}
+
+impl Event {
+    fn parts(&self) -> EventParts<'_> {
+        EventParts {
+            kind: &self.kind,
+            run_id: self.run_id,
+            parent_run_id: self.parent_run_id,
+            root_run_id: self.root_run_id,
+            pipeline: &self.pipeline,
+            stage: self.stage.as_deref(),
+            stage_kind: self.stage_kind,
+            timestamp: self.timestamp,
+            duration: self.duration,
+            status: self.status.as_deref(),
+            error: self.error.as_deref(),
+            allocated_bytes: self.allocated_bytes,
+            data: &self.data,
+        }
+    }
+}
+
 impl Encoder {
     /// Appends `event` as one JSON object (no newline) to `out`.
     pub(crate) fn encode(&mut self, event: &Event, out: &mut Vec<u8>) {
+        self.encode_parts(&event.parts(), out);
+    }
+
+    /// Appends the event made of `event` as one JSON object (no newline) to `out`.
+    pub(crate) fn encode_parts(&mut self, event: &EventParts<'_>, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"type\":");
         match event.kind.stage_suffix() {
             Some(suffix) => {
-                let stage = event.stage.as_deref().unwrap_or("?");
+                let stage = event.stage.unwrap_or("?");
                 if is_plain(stage) {
                     out.extend_from_slice(b"\"stage.");
                     out.extend_from_slice(stage.as_bytes());
@@ -569,8 +612,8 @@ impl Encoder {
             }
         }
         out.extend_from_slice(b"\",\"pipeline\":");
-        write_str(out, &event.pipeline);
-        if let Some(stage) = &event.stage {
+        write_str(out, event.pipeline);
+        if let Some(stage) = event.stage {
             out.extend_from_slice(b",\"stage\":");
             write_str(out, stage);
         }
@@ -603,11 +646,11 @@ impl Encoder {
             out.extend_from_slice(b",\"duration_ms\":");
             write_ms(out, d);
         }
-        if let Some(status) = &event.status {
+        if let Some(status) = event.status {
             out.extend_from_slice(b",\"status\":");
             write_str(out, status);
         }
-        if let Some(error) = &event.error {
+        if let Some(error) = event.error {
             out.extend_from_slice(b",\"error\":");
             write_str(out, error);
         }
@@ -617,7 +660,7 @@ impl Encoder {
         }
         if !event.data.is_null() {
             out.extend_from_slice(b",\"data\":");
-            serde_json::to_writer(&mut *out, &event.data).expect("a Value always serializes");
+            serde_json::to_writer(&mut *out, event.data).expect("a Value always serializes");
         }
         out.push(b'}');
     }

@@ -1,5 +1,7 @@
 //! [`JsonlSink`]: events as JSON Lines, written by a background thread.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -10,7 +12,8 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 
-use super::event::{Encoder, Event};
+use super::event::{Encoder, Event, EventKind, EventParts};
+use super::runtime::RunLabels;
 use super::sink::EventSink;
 
 /// What [`JsonlSink::try_emit`](EventSink::try_emit) does when the buffer is full.
@@ -169,6 +172,7 @@ impl JsonlSinkBuilder {
             room_async: Notify::new(),
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            next_run: AtomicU64::new(0),
             capacity: self.capacity,
             // Small enough that the writer encodes while the run goes on (rather than all at
             // the final flush), large enough that wake-ups are rare.
@@ -197,6 +201,96 @@ impl JsonlSinkBuilder {
     }
 }
 
+/// A stage's lifecycle event in compact form: the engine's fast path into a [`JsonlSink`]. The
+/// executor hands over a few numbers (no strings, no allocation, a quarter of an [`Event`]'s
+/// size); the writer thread encodes them, with the run's labels, into the very line of the
+/// [`Event`] the engine builds for other sinks ([`event_in`](Self::event_in)), so the file is the
+/// same either way (a unit test checks it byte for byte).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StageNote {
+    /// The run, as registered with [`JsonlSink::begin_run`].
+    pub(crate) run: u64,
+    pub(crate) idx: u32,
+    pub(crate) kind: NoteKind,
+    pub(crate) status: &'static str,
+    /// On the run's clock.
+    pub(crate) at_ns: u64,
+    pub(crate) duration: Option<Duration>,
+    pub(crate) allocated_bytes: Option<u64>,
+}
+
+/// The lifecycle events a [`StageNote`] can be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NoteKind {
+    Started,
+    Completed,
+    Skipped,
+    Cancelled,
+    Failed,
+}
+
+impl NoteKind {
+    fn event_kind(self) -> &'static EventKind {
+        match self {
+            NoteKind::Started => &EventKind::StageStarted,
+            NoteKind::Completed => &EventKind::StageCompleted,
+            NoteKind::Skipped => &EventKind::StageSkipped,
+            NoteKind::Cancelled => &EventKind::StageCancelled,
+            NoteKind::Failed => &EventKind::StageFailed,
+        }
+    }
+}
+
+impl StageNote {
+    /// The event this note stands for, in run `labels`: what other sinks get.
+    #[inline(always)]
+    pub(crate) fn event_in(self, labels: &RunLabels) -> Event {
+        let mut event = labels.stage_event(self.kind.event_kind().clone(), self.idx, self.at_ns);
+        event.status = Some(Cow::Borrowed(self.status));
+        event.duration = self.duration;
+        event.allocated_bytes = self.allocated_bytes;
+        event
+    }
+
+    /// The same event's fields, borrowed from the note and `labels` without building it: what
+    /// the writer encodes. (A test checks that both give the same line.)
+    fn parts<'a>(self, labels: &'a RunLabels) -> EventParts<'a> {
+        static NO_DATA: serde_json::Value = serde_json::Value::Null;
+        EventParts {
+            kind: self.kind.event_kind(),
+            run_id: labels.run_id,
+            parent_run_id: labels.parent_run_id,
+            root_run_id: labels.root_run_id,
+            pipeline: &labels.pipeline,
+            stage: Some(labels.graph.name(self.idx)),
+            stage_kind: Some(labels.graph.kind(self.idx)),
+            timestamp: labels.timestamp(self.at_ns),
+            duration: self.duration,
+            status: Some(self.status),
+            error: None,
+            allocated_bytes: self.allocated_bytes,
+            data: &NO_DATA,
+        }
+    }
+}
+
+/// What waits in the buffer for the writer. Runs announce themselves (`RunStart`, with what their
+/// notes need to be expanded) and leave (`RunEnd`) through the same queue, so the writer always
+/// knows a note's run.
+enum Queued {
+    Event(Box<Event>),
+    Note(StageNote),
+    RunStart(u64, Arc<RunLabels>),
+    RunEnd(u64),
+}
+
+impl Queued {
+    /// Run announcements are bookkeeping: never refused for room, not counted as events.
+    fn is_event(&self) -> bool {
+        matches!(self, Queued::Event(_) | Queued::Note(_))
+    }
+}
+
 /// The user-facing side: when the last clone goes, the writer is told to finish.
 struct Handle {
     inner: Arc<Inner>,
@@ -220,13 +314,15 @@ struct Inner {
     room_async: Notify,
     written: AtomicU64,
     dropped: AtomicU64,
+    /// The key of the next run registered for stage notes.
+    next_run: AtomicU64,
     capacity: usize,
     wake_at: usize,
     when_full: WhenFull,
 }
 
 struct State {
-    pending: Vec<Event>,
+    pending: Vec<Queued>,
     flushers: Vec<oneshot::Sender<io::Result<()>>>,
     closing: bool,
     closed: bool,
@@ -236,6 +332,19 @@ struct State {
     blocked: usize,
     /// The first write error; later writes are skipped and their events counted as dropped.
     error: Option<(io::ErrorKind, String)>,
+}
+
+/// Applies a run announcement to the writer's table of runs; ignores events.
+fn track_runs(runs: &mut HashMap<u64, Arc<RunLabels>>, item: Queued) {
+    match item {
+        Queued::RunStart(run, labels) => {
+            runs.insert(run, labels);
+        }
+        Queued::RunEnd(run) => {
+            runs.remove(&run);
+        }
+        Queued::Event(_) | Queued::Note(_) => {}
+    }
 }
 
 /// `Ok`, or the stored first write error (a fresh `io::Error` each time it is reported).
@@ -261,19 +370,18 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Pushes into the buffer if there is room; `Err(event)` if full, `Ok(false)` if closed.
-    #[allow(clippy::result_large_err)] // hands the event back by value, no allocation
-    fn push(&self, event: Event, block: bool) -> Result<bool, Event> {
+    /// Pushes into the buffer if there is room; `Err(item)` if full, `Ok(false)` if closed.
+    fn push(&self, item: Queued, block: bool) -> Result<bool, Queued> {
         let mut st = self.lock();
         loop {
             if st.closed || st.closing {
                 return Ok(false);
             }
-            if st.pending.len() < self.capacity {
+            if st.pending.len() < self.capacity || !item.is_event() {
                 break;
             }
             if !block {
-                return Err(event);
+                return Err(item);
             }
             if st.wake != Wake::No {
                 st.wake = Wake::No;
@@ -283,7 +391,7 @@ impl Inner {
             st = self.room.wait(st).unwrap_or_else(PoisonError::into_inner);
             st.blocked -= 1;
         }
-        st.pending.push(event);
+        st.pending.push(item);
         let wake = match st.wake {
             Wake::No => false,
             Wake::OnAny => true,
@@ -308,6 +416,13 @@ enum Output {
     },
     Writer(Box<dyn Write + Send>),
 }
+
+/// Events the writer takes at once after a batch, rather than lingering for more: taking fewer
+/// would have it fight the emitters for the lock every few events.
+const EAGER_BATCH: usize = 512;
+
+/// How long [`flush`](EventSink::flush) yields before it parks to wait for the writer.
+const FLUSH_SPIN: Duration = Duration::from_micros(300);
 
 /// Bytes written between two background syncs.
 const SYNC_EVERY: u64 = 16 << 20;
@@ -386,7 +501,10 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         let inner = self.inner.clone();
-        let mut batch: Vec<Event> = Vec::with_capacity(inner.wake_at.min(4096));
+        let mut batch: Vec<Queued> = Vec::with_capacity(inner.wake_at.min(4096));
+        // The runs whose stage notes may still come, with what expanding them needs.
+        let mut runs: HashMap<u64, Arc<RunLabels>> = HashMap::new();
+        let mut last: Option<(u64, Arc<RunLabels>)> = None;
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 18);
         let mut encoder = Encoder::default();
         // Whether events came in during the last `linger`: then the writer keeps waking itself
@@ -402,8 +520,8 @@ impl Writer {
                     if st.closing || !st.flushers.is_empty() || st.pending.len() >= inner.wake_at {
                         break;
                     }
-                    if wrote && !st.pending.is_empty() {
-                        break; // they came in while the last batch was written
+                    if wrote && st.pending.len() >= EAGER_BATCH {
+                        break; // enough came in while the last batch was written
                     }
                     if !active && st.pending.is_empty() {
                         st.wake = Wake::OnAny;
@@ -434,15 +552,36 @@ impl Writer {
             };
             inner.room_async.notify_waiters();
 
-            let n = batch.len() as u64;
-            wrote = n > 0;
+            let n = batch.iter().filter(|item| item.is_event()).count() as u64;
+            wrote = !batch.is_empty();
             if failed {
                 inner.dropped.fetch_add(n, Ordering::Relaxed);
-                batch.clear();
+                for item in batch.drain(..) {
+                    track_runs(&mut runs, item);
+                }
             } else {
                 let mut result = Ok(());
-                for event in batch.drain(..) {
-                    encoder.encode(&event, &mut buf);
+                for item in batch.drain(..) {
+                    match &item {
+                        Queued::Event(event) => encoder.encode(event, &mut buf),
+                        Queued::Note(note) => {
+                            // Notes come in long runs of the same run: look it up once.
+                            if last.as_ref().is_none_or(|(run, _)| *run != note.run) {
+                                last = runs.get(&note.run).map(|l| (note.run, l.clone()));
+                            }
+                            match &last {
+                                Some((_, labels)) => {
+                                    encoder.encode_parts(&note.parts(labels), &mut buf)
+                                }
+                                // Unreachable: a run announces itself before its first note.
+                                None => continue,
+                            }
+                        }
+                        Queued::RunStart(..) | Queued::RunEnd(_) => {
+                            track_runs(&mut runs, item);
+                            continue;
+                        }
+                    }
                     buf.push(b'\n');
                     if buf.len() >= 1 << 18 {
                         result = result.and_then(|()| self.output.write_all(&buf));
@@ -537,6 +676,39 @@ impl JsonlSink {
     }
 }
 
+/// The engine's fast path (see [`StageNote`]).
+impl JsonlSink {
+    /// Registers a run whose stage events come as notes; returns its key for them.
+    pub(crate) fn begin_run(&self, labels: Arc<RunLabels>) -> u64 {
+        let inner = &self.handle.inner;
+        let run = inner.next_run.fetch_add(1, Ordering::Relaxed);
+        let _ = inner.push(Queued::RunStart(run, labels), false);
+        run
+    }
+
+    /// Offers a stage event in compact form, like [`try_emit`](EventSink::try_emit).
+    pub(crate) fn try_emit_note(&self, note: StageNote) -> bool {
+        self.offer(Queued::Note(note))
+    }
+
+    /// The run will send no more notes.
+    pub(crate) fn end_run(&self, run: u64) {
+        let _ = self.handle.inner.push(Queued::RunEnd(run), false);
+    }
+
+    /// `try_emit` of an event or a note: buffered, or dropped and counted.
+    fn offer(&self, item: Queued) -> bool {
+        let inner = &self.handle.inner;
+        match inner.push(item, inner.when_full == WhenFull::Block) {
+            Ok(true) => true,
+            Ok(false) | Err(_) => {
+                inner.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+}
+
 impl fmt::Debug for JsonlSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JsonlSink")
@@ -549,30 +721,28 @@ impl fmt::Debug for JsonlSink {
 #[async_trait::async_trait]
 impl EventSink for JsonlSink {
     fn try_emit(&self, event: Event) -> bool {
-        let inner = &self.handle.inner;
-        match inner.push(event, inner.when_full == WhenFull::Block) {
-            Ok(true) => true,
-            Ok(false) | Err(_) => {
-                inner.dropped.fetch_add(1, Ordering::Relaxed);
-                false
-            }
-        }
+        self.offer(Queued::Event(Box::new(event)))
     }
 
-    async fn emit(&self, mut event: Event) -> bool {
+    fn as_jsonl(&self) -> Option<&JsonlSink> {
+        Some(self)
+    }
+
+    async fn emit(&self, event: Event) -> bool {
         let inner = &self.handle.inner;
+        let mut item = Queued::Event(Box::new(event));
         loop {
             let notified = inner.room_async.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match inner.push(event, false) {
+            match inner.push(item, false) {
                 Ok(true) => return true,
                 Ok(false) => {
                     inner.dropped.fetch_add(1, Ordering::Relaxed);
                     return false;
                 }
                 Err(back) => {
-                    event = back;
+                    item = back;
                     // Make sure the writer is draining, then wait for it.
                     {
                         let mut st = inner.lock();
@@ -600,6 +770,18 @@ impl EventSink for JsonlSink {
             rx
         };
         inner.work.notify_one();
+        // The writer usually answers within a few hundred microseconds (the tail of a run's
+        // events, without fsync): yield to the runtime meanwhile instead of parking at once, so
+        // the answer does not also pay for waking this thread.
+        let mut rx = rx;
+        let spin_until = std::time::Instant::now() + FLUSH_SPIN;
+        while std::time::Instant::now() < spin_until {
+            match rx.try_recv() {
+                Ok(result) => return result,
+                Err(oneshot::error::TryRecvError::Empty) => tokio::task::yield_now().await,
+                Err(oneshot::error::TryRecvError::Closed) => break,
+            }
+        }
         rx.await.unwrap_or_else(|_| {
             Err(io::Error::other(
                 "the JSON Lines writer thread stopped before flushing",
@@ -609,5 +791,70 @@ impl EventSink for JsonlSink {
 
     fn dropped(&self) -> u64 {
         self.handle.inner.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::{Pipeline, StageContext, StageOutput};
+
+    /// The fast path writes exactly the line the engine's event for the same note encodes to.
+    #[test]
+    fn a_note_encodes_to_the_same_line_as_its_event() {
+        let graph = Pipeline::builder("pipe \"quoted\"")
+            .stage("plain", |_c: StageContext| async { StageOutput::ok() })
+            .stage("we\"ird\\name", |_c: StageContext| async {
+                StageOutput::ok()
+            })
+            .build()
+            .unwrap();
+        for (parent, root) in [(None, None), (Some(Uuid::now_v7()), Some(Uuid::now_v7()))] {
+            let labels = RunLabels {
+                run_id: Uuid::now_v7(),
+                parent_run_id: parent,
+                root_run_id: root,
+                pipeline: crate::observe::Name::from(graph.name()),
+                graph: graph.inner.clone(),
+                start_wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000),
+            };
+            let kinds = [
+                (NoteKind::Started, "running"),
+                (NoteKind::Completed, "ok"),
+                (NoteKind::Skipped, "skip"),
+                (NoteKind::Cancelled, "aborted"),
+                (NoteKind::Failed, "error"),
+            ];
+            for idx in 0..2 {
+                for (kind, status) in kinds {
+                    for (duration, allocated) in [
+                        (None, None),
+                        (Some(Duration::from_nanos(1_234_567)), Some(4096)),
+                    ] {
+                        let note = StageNote {
+                            run: 7,
+                            idx,
+                            kind,
+                            status,
+                            at_ns: 999_999_999_123,
+                            duration,
+                            allocated_bytes: allocated,
+                        };
+                        let (mut fast, mut full) = (Vec::new(), Vec::new());
+                        let mut encoder = Encoder::default();
+                        encoder.encode_parts(&note.parts(&labels), &mut fast);
+                        encoder.encode(&note.event_in(&labels), &mut full);
+                        assert_eq!(
+                            String::from_utf8(fast).unwrap(),
+                            String::from_utf8(full).unwrap()
+                        );
+                    }
+                }
+            }
+        }
     }
 }

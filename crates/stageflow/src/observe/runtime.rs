@@ -18,6 +18,7 @@ use tracing::Span;
 use uuid::Uuid;
 
 use super::event::{Event, EventKind, Name};
+use super::jsonl::{JsonlSink, NoteKind, StageNote};
 use super::memory::{self, MemoryReport};
 use super::progress::{Progress, ProgressObserver};
 use super::sink::EventSink;
@@ -43,14 +44,62 @@ pub(crate) enum Outcome<'a> {
     Condition(&'a str),
 }
 
-/// Run-level observability state shared with the sampler task and with stage contexts.
-pub(crate) struct ObsShared {
+/// What every event of a run carries, and how its events are built: shared by the observer and
+/// by the [`JsonlSink`](super::JsonlSink) writer, which expands the compact stage events of the
+/// fast path with the same code.
+pub(crate) struct RunLabels {
     pub(crate) run_id: Uuid,
     /// Subpipeline links, copied into every event.
-    parent_run_id: Option<Uuid>,
-    root_run_id: Option<Uuid>,
+    pub(crate) parent_run_id: Option<Uuid>,
+    pub(crate) root_run_id: Option<Uuid>,
     pub(crate) pipeline: Name,
     pub(crate) graph: Arc<GraphInner>,
+    /// Wall-clock time of the run's start: event timestamps are this plus the run's clock.
+    pub(crate) start_wall: SystemTime,
+}
+
+impl RunLabels {
+    /// A run-level event of this run, stamped `at_ns` on the run's clock (no clock read).
+    // Always inlined, like `stage_event` and `emit`: an event is 256 bytes, and each call level
+    // left out of line copies it once more on the per-stage path.
+    #[inline(always)]
+    pub(crate) fn event_at(&self, kind: EventKind, at_ns: u64) -> Event {
+        Event {
+            kind,
+            run_id: self.run_id,
+            parent_run_id: self.parent_run_id,
+            root_run_id: self.root_run_id,
+            pipeline: self.pipeline.clone(),
+            stage: None,
+            stage_kind: None,
+            timestamp: self.timestamp(at_ns),
+            duration: None,
+            status: None,
+            error: None,
+            allocated_bytes: None,
+            data: Value::Null,
+        }
+    }
+
+    /// The wall-clock time of `at_ns` on the run's clock.
+    #[inline]
+    pub(crate) fn timestamp(&self, at_ns: u64) -> SystemTime {
+        self.start_wall + Duration::from_nanos(at_ns)
+    }
+
+    /// An event of stage `idx`.
+    #[inline(always)]
+    pub(crate) fn stage_event(&self, kind: EventKind, idx: u32, at_ns: u64) -> Event {
+        let mut event = self.event_at(kind, at_ns);
+        event.stage = Some(Name::from(self.graph.name(idx)));
+        event.stage_kind = Some(self.graph.kind(idx));
+        event
+    }
+}
+
+/// Run-level observability state shared with the sampler task and with stage contexts.
+pub(crate) struct ObsShared {
+    pub(crate) labels: Arc<RunLabels>,
     pub(crate) sink: Option<Arc<dyn EventSink>>,
     /// Per stage: not started / running / finished.
     states: Box<[AtomicU8]>,
@@ -70,7 +119,6 @@ pub(crate) struct ObsShared {
     extra_emitted: AtomicU64,
     extra_dropped: AtomicU64,
     start: Instant,
-    start_wall: SystemTime,
 }
 
 impl ObsShared {
@@ -88,28 +136,6 @@ impl ObsShared {
         self.start.elapsed().as_nanos() as u64
     }
 
-    /// A run-level event of this run, stamped `at_ns` on the run's clock (no clock read).
-    // Always inlined, like `stage_event` and `emit`: an event is 256 bytes, and each call level
-    // left out of line copies it once more on the per-stage path.
-    #[inline(always)]
-    fn event_at(&self, kind: EventKind, at_ns: u64) -> Event {
-        Event {
-            kind,
-            run_id: self.run_id,
-            parent_run_id: self.parent_run_id,
-            root_run_id: self.root_run_id,
-            pipeline: self.pipeline.clone(),
-            stage: None,
-            stage_kind: None,
-            timestamp: self.start_wall + Duration::from_nanos(at_ns),
-            duration: None,
-            status: None,
-            error: None,
-            allocated_bytes: None,
-            data: Value::Null,
-        }
-    }
-
     /// Emits from outside the executor (a stage context, the sampler). Returns whether the sink
     /// took it; `false` without a sink.
     pub(crate) fn emit_external(&self, event: Event) -> bool {
@@ -125,9 +151,10 @@ impl ObsShared {
     }
 
     pub(crate) fn event(&self, kind: EventKind) -> Event {
-        let mut event = Event::new(kind, self.run_id, self.pipeline.clone());
-        event.parent_run_id = self.parent_run_id;
-        event.root_run_id = self.root_run_id;
+        let l = &self.labels;
+        let mut event = Event::new(kind, l.run_id, l.pipeline.clone());
+        event.parent_run_id = l.parent_run_id;
+        event.root_run_id = l.root_run_id;
         event
     }
 
@@ -150,7 +177,7 @@ impl ObsShared {
             if s.load(Ordering::Relaxed) == RUNNING {
                 count += 1;
                 if names.len() < max {
-                    names.push(self.graph.name(i as u32).to_owned());
+                    names.push(self.labels.graph.name(i as u32).to_owned());
                 }
             }
         }
@@ -199,6 +226,20 @@ pub(crate) struct Observer {
     alloc_total: u64,
     /// When the last stage finished (run clock), until the next start takes it.
     handoff: Option<u64>,
+    /// The fast path for stage events, when the sink is a [`JsonlSink`](super::JsonlSink).
+    fast: Option<FastSink>,
+}
+
+/// A run registered with a JSON Lines sink for compact stage events ([`StageNote`]).
+struct FastSink {
+    sink: JsonlSink,
+    run: u64,
+}
+
+impl Drop for FastSink {
+    fn drop(&mut self) {
+        self.sink.end_run(self.run);
+    }
 }
 
 /// The status string of a finished stage.
@@ -262,12 +303,16 @@ impl Observer {
             None
         };
         let has_sink = sink.is_some();
-        let shared = Arc::new(ObsShared {
+        let labels = Arc::new(RunLabels {
             run_id: identity.run_id,
             parent_run_id: identity.parent_run_id,
             root_run_id: identity.root_run_id,
             pipeline: Name::from(graph.pipeline_name()),
             graph: graph.clone(),
+            start_wall: timer.started_at(),
+        });
+        let shared = Arc::new(ObsShared {
+            labels,
             sink,
             states: (0..n).map(|_| AtomicU8::new(NOT_STARTED)).collect(),
             alloc_slots: if alloc_counter.is_some() {
@@ -285,8 +330,15 @@ impl Observer {
             extra_emitted: AtomicU64::new(0),
             extra_dropped: AtomicU64::new(0),
             start: timer.started(),
-            start_wall: timer.started_at(),
         });
+        let fast = shared
+            .sink
+            .as_deref()
+            .and_then(|sink| sink.as_jsonl())
+            .map(|jsonl| FastSink {
+                run: jsonl.begin_run(shared.labels.clone()),
+                sink: jsonl.clone(),
+            });
         let wide = if has_sink {
             config.wide
         } else {
@@ -318,6 +370,7 @@ impl Observer {
             dropped: 0,
             alloc_total: 0,
             handoff: None,
+            fast,
             shared,
         });
         obs.emit_run(EventKind::PipelineCreated, |e| {
@@ -376,7 +429,6 @@ impl Observer {
         self.sampler = Some(Sampler { stop, state });
     }
 
-    #[inline(always)]
     fn emit(&mut self, event: Event) {
         if let Some(sink) = &self.shared.sink {
             if sink.try_emit(event) {
@@ -387,9 +439,30 @@ impl Observer {
         }
     }
 
+    /// Emits a stage event: as a note into a JSON Lines sink (its writer builds the event), as
+    /// an event into any other.
+    #[inline(always)]
+    fn emit_note(&mut self, note: StageNote) {
+        let accepted = match &self.fast {
+            Some(fast) => fast.sink.try_emit_note(note),
+            None => {
+                let event = note.event_in(&self.shared.labels);
+                match &self.shared.sink {
+                    Some(sink) => sink.try_emit(event),
+                    None => return,
+                }
+            }
+        };
+        if accepted {
+            self.emitted += 1;
+        } else {
+            self.dropped += 1;
+        }
+    }
+
     fn emit_run(&mut self, kind: EventKind, fill: impl FnOnce(&mut Event)) {
         if self.shared.sink.is_some() {
-            let mut event = self.shared.event_at(kind, self.shared.now_ns());
+            let mut event = self.shared.labels.event_at(kind, self.shared.now_ns());
             fill(&mut event);
             self.emit(event);
         }
@@ -397,10 +470,7 @@ impl Observer {
 
     #[inline(always)]
     fn stage_event(&self, kind: EventKind, idx: u32, at_ns: u64) -> Event {
-        let mut event = self.shared.event_at(kind, at_ns);
-        event.stage = Some(Name::from(self.shared.graph.name(idx)));
-        event.stage_kind = Some(self.shared.graph.kind(idx));
-        event
+        self.shared.labels.stage_event(kind, idx, at_ns)
     }
 
     /// How long stage `idx` has run at `now_ns` (`None` if its start was not recorded).
@@ -414,7 +484,13 @@ impl Observer {
     /// [`time_passed`](Self::time_passed)), so a chain reads the clock once per stage, not twice.
     fn start_ns(&mut self, idx: u32) -> u64 {
         match self.handoff.take() {
-            Some(ns) if self.shared.graph.nodes[idx as usize].condition.is_none() => ns,
+            Some(ns)
+                if self.shared.labels.graph.nodes[idx as usize]
+                    .condition
+                    .is_none() =>
+            {
+                ns
+            }
             _ => self.shared.now_ns(),
         }
     }
@@ -431,10 +507,10 @@ impl Observer {
                 target: "stageflow",
                 parent: run,
                 "stageflow.stage",
-                run_id = %self.shared.run_id,
-                pipeline = &*self.shared.pipeline,
-                stage = self.shared.graph.name(idx),
-                kind = self.shared.graph.kind(idx).as_str(),
+                run_id = %self.shared.labels.run_id,
+                pipeline = &*self.shared.labels.pipeline,
+                stage = self.shared.labels.graph.name(idx),
+                kind = self.shared.labels.graph.kind(idx).as_str(),
                 status = tracing::field::Empty,
             ),
             _ => Span::none(),
@@ -460,9 +536,15 @@ impl Observer {
             let now = self.start_ns(idx);
             self.starts[idx as usize] = now + 1;
             if self.shared.sink.is_some() {
-                let mut event = self.stage_event(EventKind::StageStarted, idx, now);
-                event.status = Some(Cow::Borrowed("running"));
-                self.emit(event);
+                self.emit_note(StageNote {
+                    run: self.fast.as_ref().map_or(0, |f| f.run),
+                    idx,
+                    kind: NoteKind::Started,
+                    status: "running",
+                    at_ns: now,
+                    duration: None,
+                    allocated_bytes: None,
+                });
             }
         }
         let counted = self.shared.alloc_counter.is_some();
@@ -539,23 +621,33 @@ impl Observer {
         let (kind, error) = match &outcome {
             Outcome::Output(out) => (
                 match out.status() {
-                    StageStatus::Ok => EventKind::StageCompleted,
-                    StageStatus::Skip => EventKind::StageSkipped,
-                    StageStatus::Cancel => EventKind::StageCancelled,
-                    StageStatus::Fail | StageStatus::Retry => EventKind::StageFailed,
+                    StageStatus::Ok => NoteKind::Completed,
+                    StageStatus::Skip => NoteKind::Skipped,
+                    StageStatus::Cancel => NoteKind::Cancelled,
+                    StageStatus::Fail | StageStatus::Retry => NoteKind::Failed,
                 },
-                out.message().map(str::to_owned),
+                out.message(),
             ),
-            Outcome::Error(e) => (EventKind::StageFailed, Some(e.to_string())),
-            Outcome::Panic(m) | Outcome::Condition(m) => {
-                (EventKind::StageFailed, Some((*m).to_owned()))
-            }
+            Outcome::Error(_) => (NoteKind::Failed, None),
+            Outcome::Panic(m) | Outcome::Condition(m) => (NoteKind::Failed, Some(*m)),
         };
-        let status = outcome_status(&outcome);
-        let mut event = self.stage_event(kind, idx, now);
-        event.duration = duration;
-        event.status = Some(Cow::Borrowed(status));
-        event.allocated_bytes = allocated;
+        let note = StageNote {
+            run: self.fast.as_ref().map_or(0, |f| f.run),
+            idx,
+            kind,
+            status: outcome_status(&outcome),
+            at_ns: now,
+            duration,
+            allocated_bytes: allocated,
+        };
+        let error = match &outcome {
+            Outcome::Error(e) => Some(e.to_string()),
+            _ => error.map(str::to_owned),
+        };
+        if error.is_none() && !self.wide.stage {
+            return self.emit_note(note);
+        }
+        let mut event = note.event_in(&self.shared.labels);
         if self.wide.stage {
             let mut wide = event.clone();
             wide.kind = EventKind::StageWide;
@@ -602,7 +694,7 @@ impl Observer {
             }
             None => SamplerState::default(),
         };
-        let total = self.shared.graph.len() as u64;
+        let total = self.shared.labels.graph.len() as u64;
         let final_progress = self.progress.as_ref().map(|observer| {
             let progress = self.shared.progress(total, duration, true);
             observer.publish(&progress);
@@ -665,7 +757,7 @@ impl Observer {
 
         let summary = self
             .summary
-            .map(|opts| summary::summarize(&self.shared.graph, &self.durations, opts));
+            .map(|opts| summary::summarize(&self.shared.labels.graph, &self.durations, opts));
 
         // Terminal events.
         let (kind, error) = match &*result {
@@ -710,7 +802,7 @@ impl Observer {
                     wide_data["summary"] = json!(s);
                 }
                 wide_data["started_at"] =
-                    json!(super::event::Rfc3339(self.shared.start_wall).to_string());
+                    json!(super::event::Rfc3339(self.shared.labels.start_wall).to_string());
                 // Events of this run so far, plus this one.
                 wide_data["events_emitted"] = json!(self.emitted + 1);
                 wide_data["events_dropped"] = json!(self.dropped);
@@ -726,7 +818,7 @@ impl Observer {
         let mut sink_error = None;
         if let Some(sink) = &self.shared.sink {
             if let Err(e) = sink.flush().await {
-                tracing::warn!(target: "stageflow", run_id = %self.shared.run_id, error = %e, "stageflow: flushing the event sink failed");
+                tracing::warn!(target: "stageflow", run_id = %self.shared.labels.run_id, error = %e, "stageflow: flushing the event sink failed");
                 sink_error = Some(e.to_string());
             }
         }
@@ -735,8 +827,8 @@ impl Observer {
         if dropped > 0 {
             tracing::warn!(
                 target: "stageflow",
-                run_id = %self.shared.run_id,
-                pipeline = &*self.shared.pipeline,
+                run_id = %self.shared.labels.run_id,
+                pipeline = &*self.shared.labels.pipeline,
                 dropped,
                 emitted,
                 "stageflow: the event sink dropped {dropped} events of this run (it could not keep up)"
@@ -774,7 +866,7 @@ async fn sample(
     stop: CancellationToken,
     state: Arc<Mutex<SamplerState>>,
 ) {
-    let total = shared.graph.len() as u64;
+    let total = shared.labels.graph.len() as u64;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick is immediate
@@ -816,8 +908,8 @@ async fn sample(
                 let (count, names) = shared.running_stages(watchdog.max_names);
                 tracing::warn!(
                     target: "stageflow",
-                    run_id = %shared.run_id,
-                    pipeline = &*shared.pipeline,
+                    run_id = %shared.labels.run_id,
+                    pipeline = &*shared.labels.pipeline,
                     idle_ms = idle_for.as_millis() as u64,
                     running = count,
                     stages = ?names,
@@ -830,7 +922,9 @@ async fn sample(
                     stages: names,
                 };
                 if shared.sink.is_some() {
-                    let mut event = shared.event_at(EventKind::PipelineStalled, shared.now_ns());
+                    let mut event = shared
+                        .labels
+                        .event_at(EventKind::PipelineStalled, shared.now_ns());
                     event.status = Some(Cow::Borrowed("stalled"));
                     event.data = json!({
                         "idle_ms": idle_for.as_secs_f64() * 1e3,

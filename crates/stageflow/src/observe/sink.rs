@@ -64,6 +64,14 @@ pub trait EventSink: Send + Sync + 'static {
     fn is_noop(&self) -> bool {
         false
     }
+
+    /// For the engine: `Some` when this is the built-in [`JsonlSink`](super::JsonlSink), which
+    /// takes per-stage lifecycle events in a compact form its writer thread expands (the file is
+    /// the same; the executor does less per stage). Other sinks keep the default.
+    #[doc(hidden)]
+    fn as_jsonl(&self) -> Option<&super::JsonlSink> {
+        None
+    }
 }
 
 #[async_trait::async_trait]
@@ -82,6 +90,9 @@ impl<S: EventSink + ?Sized> EventSink for Arc<S> {
     }
     fn is_noop(&self) -> bool {
         (**self).is_noop()
+    }
+    fn as_jsonl(&self) -> Option<&super::JsonlSink> {
+        (**self).as_jsonl()
     }
 }
 
