@@ -261,8 +261,32 @@ fn status_name(s: StageStatus) -> &'static str {
         StageStatus::Ok => "ok",
         StageStatus::Skip => "skipped",
         StageStatus::Fail => "failed",
-        _ => "cancelled",
+        StageStatus::Retry => "failed (retryable)",
+        StageStatus::Cancel => "cancelled",
     }
+}
+
+/// `12 ok, 3 skipped, 1 failed`: the count of each status present, in a fixed order.
+fn status_counts(stages: &[StageRecord]) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for s in stages {
+        let name = status_name(s.status);
+        match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    let order = |n: &str| {
+        ["ok", "skipped", "failed", "failed (retryable)", "cancelled"]
+            .iter()
+            .position(|o| *o == n)
+    };
+    counts.sort_by_key(|(n, _)| order(n));
+    counts
+        .iter()
+        .map(|(n, c)| format!("{c} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The stages of the run's pipeline file that have no record (when the file can be read).
@@ -347,14 +371,10 @@ fn show(args: &RunsArgs, a: &ShowArgs) -> Result<ExitCode, String> {
     out.push_str(&format!("store     {}\n", args.store.display()));
     let mut chosen: Vec<&StageRecord> = stages.iter().collect();
     if stages.len() > SHOW_ALL_UP_TO {
-        let ok = stages
-            .iter()
-            .filter(|s| s.status == StageStatus::Ok)
-            .count();
         out.push_str(&format!(
-            "\n{} stages recorded ({ok} ok, {} skipped); the {SHOW_SLOWEST} slowest:\n",
+            "\n{} stages recorded ({}); the {SHOW_SLOWEST} slowest:\n",
             stages.len(),
-            stages.len() - ok
+            status_counts(&stages)
         ));
         chosen.sort_by_key(|s| std::cmp::Reverse(s.duration_ms));
         chosen.truncate(SHOW_SLOWEST);
@@ -506,4 +526,31 @@ fn resume(
         lock,
     };
     Ok(run_loaded(&run_args, loaded, recording, rt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_counts_name_each_status_once_in_a_fixed_order() {
+        let run = uuid::Uuid::now_v7();
+        let records: Vec<StageRecord> = [
+            StageStatus::Fail,
+            StageStatus::Ok,
+            StageStatus::Skip,
+            StageStatus::Ok,
+            StageStatus::Retry,
+            StageStatus::Cancel,
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, status)| StageRecord::new(run, format!("s{i}"), status))
+        .collect();
+        assert_eq!(
+            status_counts(&records),
+            "2 ok, 1 skipped, 1 failed, 1 failed (retryable), 1 cancelled"
+        );
+        assert_eq!(status_counts(&records[1..2]), "1 ok");
+    }
 }
