@@ -57,6 +57,16 @@
 //!   it) and is reported with the run's outcome in [`DurableError::Recording`]; what was
 //!   committed before stays committed.
 //!
+//! - **Attempts are counted**: a record's `attempts` is the number of executions that produced
+//!   its output: the tries of a [`Retry`](crate::intercept::Retry) interceptor and the re-runs of
+//!   a [guard retry](crate::GuardRetry) (see [`StageOutput::attempts`](crate::StageOutput::attempts)).
+//! - **A guarded producer is recorded with the output its guard accepted**, right before the
+//!   guard, never with a first output the guard then rejected; if the guard rejects it for good,
+//!   the producer is not recorded and a resume runs it again.
+//! - **A subpipeline is one stage**: its record holds the child's results as output. The child's
+//!   own stages are not checkpointed, so a crash in the middle of a child runs the whole child
+//!   again on resume.
+//!
 //! Only stages that finish `ok` or `skip` are recorded. A failed or cancelled stage is not: a
 //! resume of a failed run runs the failed stage again (and the run's record holds the error).
 //! Stages still running when a run stops, and stages that finish while it is stopping, are not
