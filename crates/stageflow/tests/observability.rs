@@ -1188,3 +1188,37 @@ async fn the_jsonl_file_holds_the_same_events_as_other_sinks_get() {
     assert!(got.iter().any(|v| v["allocated_bytes"] == "*"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Events reach the file while the run goes on (within the writer's linger), not only when it
+/// ends: `tail -f` on a long run shows which stage is running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsonl_events_are_in_the_file_while_the_run_goes_on() {
+    let dir = scratch_dir("live");
+    let path = dir.join("run.jsonl");
+    let sink = JsonlSink::create(&path).unwrap();
+    let graph = chain_around("live", ["first", "slow", "last"], sleepy(2_000));
+    let run = tokio::spawn({
+        let sink = sink.clone();
+        async move { graph.run_with((), RunOptions::new().events(sink)).await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_millis(1_500);
+    let mut seen = false;
+    while !seen && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("\"stage.slow.started\""));
+    }
+    assert!(
+        seen,
+        "stage.slow.started is not in the file while `slow` runs"
+    );
+    assert!(
+        !run.is_finished(),
+        "the run ended early: the check proved nothing"
+    );
+    run.await.unwrap().unwrap();
+    sink.close().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

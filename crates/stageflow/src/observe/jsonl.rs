@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -140,7 +140,7 @@ impl JsonlSinkBuilder {
             None
         };
         self.start(Output::File {
-            file: BufWriter::with_capacity(1 << 16, file),
+            file,
             syncer,
             unsynced: 0,
         })
@@ -407,8 +407,10 @@ impl Inner {
 }
 
 enum Output {
+    /// Written unbuffered: the writer hands it whole batches (one system call each), and what it
+    /// wrote is in the file at once, for `tail -f` and for readers of a long run's events.
     File {
-        file: BufWriter<File>,
+        file: File,
         /// With fsync on: syncs in the background while the run goes on.
         syncer: Option<BackgroundSync>,
         /// Bytes written since the last background sync was requested.
@@ -450,9 +452,8 @@ impl Output {
     fn flush(&mut self, fsync: bool) -> io::Result<()> {
         match self {
             Output::File { file, unsynced, .. } => {
-                file.flush()?;
                 if fsync {
-                    file.get_ref().sync_data()?;
+                    file.sync_data()?;
                     *unsynced = 0;
                 }
                 Ok(())
@@ -592,9 +593,10 @@ impl Writer {
                     result = result.and_then(|()| self.output.write_all(&buf));
                     buf.clear();
                 }
-                if !flushers.is_empty() || closing {
-                    result = result.and_then(|()| self.output.flush(self.fsync));
-                }
+                // Every batch reaches the file (or the writer's destination) right away; a flush
+                // request or the end also syncs.
+                let sync = self.fsync && (!flushers.is_empty() || closing);
+                result = result.and_then(|()| self.output.flush(sync));
                 match result {
                     Ok(()) => {
                         inner.written.fetch_add(n, Ordering::Relaxed);
