@@ -85,32 +85,37 @@ fn build_test_package_example_runs() {
         err.contains("pipeline `build-test-package` completed in"),
         "{err}"
     );
-    // Events: pipeline_started first, pipeline_completed last, every stage started and finished.
+    // Events, with the library's types and format: pipeline.started first, pipeline.completed
+    // last, every stage started and finished.
     let ev = events(&events_file);
-    assert_eq!(ev.first().unwrap()["event"], "pipeline_started");
-    assert_eq!(ev.last().unwrap()["event"], "pipeline_completed");
+    assert_eq!(ev.first().unwrap()["type"], "pipeline.started");
+    assert_eq!(ev.first().unwrap()["data"]["stages"], 8);
+    assert_eq!(ev.last().unwrap()["type"], "pipeline.completed");
     let run_id = result["run_id"].as_str().unwrap();
-    assert!(ev
-        .iter()
-        .all(|e| e["run_id"] == run_id && e["ts"].is_string()));
+    assert!(ev.iter().all(|e| e["run_id"] == run_id
+        && e["pipeline"] == "build-test-package"
+        && e["timestamp"].is_string()));
     let completed: Vec<&str> = ev
         .iter()
-        .filter(|e| e["event"] == "stage_completed")
+        .filter(|e| e["type"].as_str().unwrap().ends_with(".completed") && e["stage"].is_string())
         .map(|e| e["stage"].as_str().unwrap())
         .collect();
     assert_eq!(completed.len(), 7, "{completed:?}");
     assert!(ev
         .iter()
-        .any(|e| e["event"] == "stage_skipped" && e["stage"] == "deploy"));
+        .any(|e| e["type"] == "stage.deploy.skipped" && e["status"] == "skip"));
     let build = ev
         .iter()
-        .find(|e| e["event"] == "stage_completed" && e["stage"] == "build")
+        .find(|e| e["type"] == "stage.build.completed")
         .unwrap();
     assert!(
         build["duration_ms"].as_f64().is_some()
-            && build["started_at"].is_string()
+            && build["data"]["started_at"].is_string()
             && build["status"] == "ok"
+            && build["stage"] == "build",
+        "{build}"
     );
+    assert!(ev.iter().any(|e| e["type"] == "cleanup.completed"));
     // The work directory was removed by the pipeline's cleanup.
     let work = stage(&result, "package")["output"]["package"]
         .as_str()
@@ -158,8 +163,8 @@ fn nested_example_runs_the_child_pipeline() {
     let ev = events(&events_file);
     assert!(ev
         .iter()
-        .any(|e| e["event"] == "stage_completed" && e["stage"] == "build-test-package/package"));
-    assert_eq!(ev.last().unwrap()["event"], "pipeline_completed");
+        .any(|e| e["type"] == "stage.build-test-package/package.completed"));
+    assert_eq!(ev.last().unwrap()["type"], "pipeline.completed");
     assert_eq!(ev.last().unwrap()["pipeline"], "release");
 }
 
@@ -331,7 +336,8 @@ if [ -e marker ]; then echo "second try, attempt $STAGEFLOW_ATTEMPT"; else touch
 '''
 "#,
     );
-    let out = run_path(&["run", "--json"], &file);
+    let events_file = tmp.path("events.jsonl");
+    let out = run_with_events(&file, &["--json"], &events_file);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
     let result = json_of(&out);
@@ -342,6 +348,21 @@ if [ -e marker ]; then echo "second try, attempt $STAGEFLOW_ATTEMPT"; else touch
         err.contains("retry  flaky: attempt 1 failed: exit code 1: first try fails"),
         "{err}"
     );
+    // The events file has the retry as the library reports retries, and the attempts.
+    let ev = events(&events_file);
+    let types: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "pipeline.started",
+            "stage.flaky.started",
+            "stage.flaky.retried",
+            "stage.flaky.completed",
+            "pipeline.completed"
+        ]
+    );
+    assert_eq!(ev[2]["data"]["attempt"], 2);
+    assert_eq!(ev[3]["data"]["attempts"], 2);
 }
 
 #[test]
@@ -496,26 +517,27 @@ cleanup = ["sh", "-c", "echo b cleanup >> log"]
     assert_eq!(log, "b cleanup\na cleanup\npipeline cleanup\n");
 }
 
-fn wait_for_event(path: &Path, event: &str, stage: &str) {
+/// Waits until the events file has an event of type `event_type`.
+fn wait_for_event(path: &Path, event_type: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(text) = std::fs::read_to_string(path) {
             if text
                 .lines()
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .any(|e| e["event"] == event && e["stage"] == stage)
+                .any(|e| e["type"] == event_type)
             {
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "no {event} for {stage}");
+        assert!(Instant::now() < deadline, "no {event_type} event");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// Waits until `stage` has started, then a little longer so its command is running.
 fn wait_until_running(events_file: &Path, stage: &str) {
-    wait_for_event(events_file, "stage_started", stage);
+    wait_for_event(events_file, &format!("stage.{stage}.started"));
     std::thread::sleep(Duration::from_millis(100));
 }
 
@@ -562,10 +584,8 @@ run = "echo never > never.txt"
     assert_eq!(stage(&result, "sleeper")["status"], "cancelled");
     assert_eq!(stage(&result, "after")["status"], "not_run");
     let ev = events(&events_file);
-    assert_eq!(ev.last().unwrap()["event"], "pipeline_cancelled");
-    assert!(ev
-        .iter()
-        .any(|e| e["event"] == "stage_cancelled" && e["stage"] == "sleeper"));
+    assert_eq!(ev.last().unwrap()["type"], "pipeline.cancelled");
+    assert!(ev.iter().any(|e| e["type"] == "stage.sleeper.cancelled"));
 }
 
 #[test]
@@ -607,10 +627,8 @@ fn a_second_ctrl_c_stops_at_once() {
         stderr(&out)
     );
     assert!(!tmp.path("cleaned").exists(), "cleanup is skipped");
-    assert_eq!(
-        events(&events_file).last().unwrap()["event"],
-        "pipeline_cancelled"
-    );
+    let ev = events(&events_file);
+    assert_eq!(ev.last().unwrap()["type"], "pipeline.cancelled", "{ev:#?}");
 }
 
 #[test]

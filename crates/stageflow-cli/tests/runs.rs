@@ -168,9 +168,32 @@ fn a_failed_run_resumes_without_rerunning_committed_stages() {
     assert_eq!(show["not_recorded"], serde_json::json!(["b", "c"]));
 
     tmp.write("marker", "");
-    let out = tmp.run(&["runs", "resume", &id, "--json"]);
+    let out = tmp.run(&["runs", "resume", &id, "--json", "--events", "events.jsonl"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
+    // The events of the resumed execution: `a` restored, not run; `b` and `c` run.
+    let events = std::fs::read_to_string(tmp.path("events.jsonl")).unwrap();
+    let types: Vec<String> = events
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "stage.a.restored",
+            "pipeline.started",
+            "stage.b.started",
+            "stage.b.completed",
+            "stage.c.started",
+            "stage.c.completed",
+            "pipeline.completed"
+        ]
+    );
     assert!(err.contains("1 of 3 stages restored"), "{err}");
     assert!(
         err.contains(&format!("run {id} resumed: 1 restored, 2 run")),

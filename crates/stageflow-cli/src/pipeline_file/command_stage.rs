@@ -72,10 +72,14 @@ fn on_retry(run: &PipelineRun, i: usize, delay: std::time::Duration) -> impl FnM
                 format!(" in {}", human(delay))
             }
         ));
-        run.env.emit(
-            "stage_retrying",
-            json!({"pipeline": run.loaded.name(), "stage": name, "attempt": n, "error": error}),
-        );
+        run.env.emit(|ev| {
+            ev.stage_event(
+                stageflow::observe::EventKind::StageRetried,
+                run.loaded.name(),
+                &name,
+            )
+            .with_data(json!({"attempt": n + 1, "reason": error}))
+        });
     }
 }
 

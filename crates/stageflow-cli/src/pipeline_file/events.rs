@@ -1,101 +1,122 @@
-//! `--events FILE.jsonl`: one JSON object per line, flushed as it happens.
+//! `--events FILE.jsonl`: the run's events, one JSON object per line, written as they happen.
 //!
-//! Every event has `event`, `run_id`, `pipeline` and `ts` (RFC 3339, UTC, milliseconds). Stage
-//! events add `stage`; completed, failed, skipped and cancelled ones add `started_at`,
-//! `duration_ms` and `status`, failures add `error`, skips add `reason`. Event names:
-//! `pipeline_started`, `stage_started`, `stage_retrying`, `stage_completed`, `stage_failed`,
-//! `stage_skipped`, `stage_cancelled`, `cleanup_completed`, `cleanup_failed`, and one of
-//! `pipeline_completed`, `pipeline_failed`, `pipeline_cancelled` last. Stages of a child
-//! pipeline appear as `parent_stage/child_stage`.
+//! The file is written by the library's [`JsonlSink`], so its lines have the library's format
+//! and event types (`pipeline.started`, `stage.<name>.completed`, ...; see
+//! [`stageflow::observe`]): a dashboard reading the events of pipelines run from Rust reads
+//! those of `stageflow run` too. Every event has `type`, `run_id`, `pipeline` and `timestamp`.
+//! Stage events add `stage`; finished ones add `duration_ms`, `status` (`ok`, `fail`, `skip`,
+//! `cancel`) and `error` (the failure, or the skip or cancel reason), with `started_at` and
+//! `attempts` in `data`. What a pipeline file adds to the library's taxonomy:
+//! `stage.<name>.restored` (committed by an earlier execution, not run again),
+//! `cleanup.completed` / `cleanup.failed`. Stages of a child pipeline appear as
+//! `parent_stage/child_stage`.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use serde_json::{Map, Value};
-
-/// `2024-05-01T12:00:00.123Z`.
-pub(crate) fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = if month <= 2 { y + 1 } else { y };
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
+use serde_json::{json, Map, Value};
+use stageflow::observe::{Event, EventKind, EventSink, JsonlSink, Rfc3339, WhenFull};
+use stageflow::StageKind;
+use uuid::Uuid;
 
 /// The events file.
 pub(crate) struct EventLog {
-    out: Mutex<Option<BufWriter<File>>>,
-    error: Mutex<Option<String>>,
-    run_id: String,
+    sink: JsonlSink,
+    run_id: Uuid,
+    /// Set by [`last`](Self::last): later events (of stages still winding down) are not written.
+    ended: Mutex<bool>,
+}
+
+/// A finished stage, as the events file reports it.
+pub(crate) struct StageEnd<'a> {
+    pub(crate) kind: EventKind,
+    pub(crate) status: &'static str,
+    pub(crate) started_at: Option<SystemTime>,
+    pub(crate) duration: Option<std::time::Duration>,
+    pub(crate) attempts: u32,
+    pub(crate) error: Option<&'a str>,
 }
 
 impl EventLog {
-    pub(crate) fn create(path: &Path, run_id: String) -> std::io::Result<Self> {
-        let file = File::create(path)?;
+    /// Creates (truncates) `path`. Nothing is dropped when the disk is slow: emitters wait.
+    pub(crate) fn create(path: &Path, run_id: Uuid) -> std::io::Result<Self> {
+        let sink = JsonlSink::builder()
+            .when_full(WhenFull::Block)
+            .create(path)?;
         Ok(EventLog {
-            out: Mutex::new(Some(BufWriter::new(file))),
-            error: Mutex::new(None),
+            sink,
             run_id,
+            ended: Mutex::new(false),
         })
     }
 
-    /// Writes one event. `fields` must be a JSON object; `event`, `run_id` and `ts` are added.
-    pub(crate) fn emit(&self, event: &str, fields: Value) {
-        let mut map = Map::new();
-        map.insert("event".into(), event.into());
-        map.insert("run_id".into(), self.run_id.clone().into());
-        map.insert("ts".into(), rfc3339(SystemTime::now()).into());
-        if let Value::Object(extra) = fields {
-            map.extend(extra.into_iter().filter(|(_, v)| !v.is_null()));
-        }
-        let mut line = Value::Object(map).to_string();
-        line.push('\n');
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(w) = out.as_mut() {
-            if let Err(e) = w.write_all(line.as_bytes()).and_then(|()| w.flush()) {
-                *self.error.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(format!("writing the events file failed: {e}"));
-                *out = None;
-            }
+    /// An event of this run in `pipeline`, stamped now.
+    pub(crate) fn event(&self, kind: EventKind, pipeline: &str) -> Event {
+        Event::new(kind, self.run_id, pipeline)
+    }
+
+    /// An event of stage `stage` of `pipeline`.
+    pub(crate) fn stage_event(&self, kind: EventKind, pipeline: &str, stage: &str) -> Event {
+        self.event(kind, pipeline)
+            .with_stage(stage, StageKind::Work)
+    }
+
+    /// `stage.<stage>.completed` (or `failed`, `skipped`, `cancelled`).
+    pub(crate) fn stage_end(&self, pipeline: &str, stage: &str, end: StageEnd<'_>) {
+        let mut event = self
+            .stage_event(end.kind, pipeline, stage)
+            .with_status(end.status);
+        event.duration = end.duration;
+        event.error = end.error.map(str::to_owned);
+        event.data = without_nulls(json!({
+            "started_at": end.started_at.map(|t| Rfc3339(t).to_string()),
+            "attempts": (end.attempts > 0).then_some(end.attempts),
+        }));
+        self.emit(event);
+    }
+
+    /// Writes `event` (after those emitted before it).
+    pub(crate) fn emit(&self, event: Event) {
+        let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        if !*ended {
+            self.sink.try_emit(event);
         }
     }
 
-    /// The first write error, if any: reported at the end of the run, never swallowed.
-    pub(crate) fn error(&self) -> Option<String> {
-        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Writes `event` as the file's last one: nothing emitted after it is written. Only the first
+    /// call writes, unless `overrule`: a second Ctrl-C ends the file with its own verdict even
+    /// if the run got to report its end first.
+    pub(crate) fn last(&self, event: Event, overrule: bool) {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        if !*ended || overrule {
+            self.sink.try_emit(event);
+            *ended = true;
+        }
+    }
+
+    /// Writes out and syncs what was emitted, and closes the file. The first write error, if
+    /// any: reported at the end of the run, never swallowed.
+    pub(crate) async fn close(&self) -> Option<String> {
+        self.sink
+            .close()
+            .await
+            .err()
+            .map(|e| format!("writing the events file failed: {e}"))
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn formats_rfc3339() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let t = UNIX_EPOCH + Duration::from_millis(1_709_251_199_123); // 2024-02-29T23:59:59.123Z
-        assert_eq!(rfc3339(t), "2024-02-29T23:59:59.123Z");
-        let t = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(rfc3339(t), "2000-02-29T00:00:00.000Z");
+/// `value` (an object) without its null fields: `null` when none is left.
+pub(crate) fn without_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let map: Map<String, Value> = map.into_iter().filter(|(_, v)| !v.is_null()).collect();
+            if map.is_empty() {
+                Value::Null
+            } else {
+                Value::Object(map)
+            }
+        }
+        other => other,
     }
 }

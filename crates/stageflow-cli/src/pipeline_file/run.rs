@@ -170,7 +170,7 @@ pub(crate) fn run_loaded(
     };
     let resumed = durable.as_ref().is_some_and(|d| d.resume);
     let events = match &args.exec.events {
-        Some(path) => match EventLog::create(path, run_id.clone()) {
+        Some(path) => match EventLog::create(path, identity.run_id) {
             Ok(log) => Some(Arc::new(log)),
             Err(e) => {
                 eprintln!(
@@ -199,6 +199,7 @@ pub(crate) fn run_loaded(
         grace: args.exec.grace,
         identity,
         run_id: run_id.clone(),
+        pipeline: loaded.name().to_owned(),
         scratch: std::env::temp_dir().join(format!("stageflow-{run_id}")),
         file_counter: AtomicU64::new(0),
         start_seq: AtomicU64::new(0),
@@ -238,7 +239,7 @@ pub(crate) fn run_loaded(
     reporter.finish();
     let _ = std::fs::remove_dir_all(&env.scratch);
     let interrupted = env.control.is_interrupted();
-    let events_error = env.events.as_ref().and_then(|e| e.error());
+    let events_error = env.events.as_ref().and_then(|e| rt.block_on(e.close()));
     let durable = outcome.durable.clone();
     let record_error = durable.as_ref().and_then(|d| d.error.clone());
     if let Some(d) = durable.as_ref().filter(|d| !d.started) {
@@ -359,10 +360,20 @@ async fn handle_signals(env: Arc<RunEnv>, token: CancellationToken) {
             });
         } else {
             env.control.kill_all();
-            env.emit(
-                "pipeline_cancelled",
-                json!({"status": "cancelled", "error": "interrupted twice: stopped at once, cleanup skipped"}),
-            );
+            if let Some(events) = &env.events {
+                events.last(
+                    events
+                        .event(
+                            stageflow::observe::EventKind::PipelineCancelled,
+                            &env.pipeline,
+                        )
+                        .with_status("cancelled")
+                        .with_error("interrupted twice: stopped at once, cleanup skipped"),
+                    true,
+                );
+                // The process exits below: write the file out first.
+                events.close().await;
+            }
             env.reporter.finish();
             let _ = std::fs::remove_dir_all(&env.scratch);
             eprintln!("stageflow: interrupted twice: stopped at once; cleanup skipped");

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 use stageflow::durable::{Checkpoint, DurableError};
+use stageflow::observe::{Event, EventKind};
 use stageflow::{
     CancellationToken, Graph, Results, Retention, RunFailure, RunIdentity, RunOptions, RunReport,
     RunStatus, Stage, StageOutput,
@@ -18,7 +19,7 @@ use super::check::LoadedPipeline;
 use super::command_stage::{self, ChildStage, CommandStage};
 use super::control::Control;
 use super::duration::human;
-use super::events::{rfc3339, EventLog};
+use super::events::{without_nulls, EventLog, StageEnd};
 use super::format::Action;
 use super::lower::{self, ConditionFn};
 use super::process::{self, Ending, ProcSpec, RunOpts};
@@ -35,6 +36,8 @@ pub(crate) struct RunEnv {
     pub(crate) grace: Duration,
     pub(crate) identity: RunIdentity,
     pub(crate) run_id: String,
+    /// The top-level pipeline's name.
+    pub(crate) pipeline: String,
     /// Where `$STAGEFLOW_INPUTS` files are written; removed when the run ends.
     pub(crate) scratch: PathBuf,
     pub(crate) file_counter: AtomicU64,
@@ -66,9 +69,10 @@ pub(crate) struct DurableSummary {
 }
 
 impl RunEnv {
-    pub(crate) fn emit(&self, event: &str, fields: Value) {
+    /// Emits the event `build` makes, when the run writes an events file.
+    pub(crate) fn emit(&self, build: impl FnOnce(&EventLog) -> Event) {
         if let Some(events) = &self.events {
-            events.emit(event, fields);
+            events.emit(build(events));
         }
     }
 }
@@ -259,10 +263,11 @@ impl PipelineRun {
             r.seq = self.env.start_seq.fetch_add(1, Ordering::Relaxed);
         }
         self.env.reporter.stage_started(&name);
-        self.env.emit(
-            "stage_started",
-            json!({"pipeline": self.loaded.name(), "stage": name, "started_at": rfc3339(now)}),
-        );
+        self.env.emit(|ev| {
+            ev.stage_event(EventKind::StageStarted, self.loaded.name(), &name)
+                .with_status("running")
+                .with_timestamp(now)
+        });
     }
 
     /// A stage ended (`Ok`, `Failed`, `Cancelled`, or `Skipped` by its condition).
@@ -277,30 +282,24 @@ impl PipelineRun {
             r.note = note.clone();
             (r.duration, r.started_at)
         };
-        let event = match state {
-            State::Ok => "stage_completed",
-            State::Failed => "stage_failed",
-            State::Skipped => "stage_skipped",
-            _ => "stage_cancelled",
-        };
-        let (error, reason) = match state {
-            State::Failed => (note.clone(), None),
-            State::Skipped | State::Cancelled => (None, note.clone()),
-            _ => (None, None),
-        };
-        self.env.emit(
-            event,
-            json!({
-                "pipeline": self.loaded.name(),
-                "stage": name,
-                "status": state.as_str(),
-                "started_at": started_at.map(rfc3339),
-                "duration_ms": duration.map(|d| d.as_secs_f64() * 1000.0),
-                "attempts": (attempts > 0).then_some(attempts),
-                "error": error,
-                "reason": reason,
-            }),
-        );
+        if let Some(events) = &self.env.events {
+            // The library's event kinds and status names.
+            let (kind, status) = match state {
+                State::Ok => (EventKind::StageCompleted, "ok"),
+                State::Failed => (EventKind::StageFailed, "fail"),
+                State::Skipped => (EventKind::StageSkipped, "skip"),
+                _ => (EventKind::StageCancelled, "cancel"),
+            };
+            let end = StageEnd {
+                kind,
+                status,
+                started_at,
+                duration,
+                attempts,
+                error: note.as_deref(),
+            };
+            events.stage_end(self.loaded.name(), &name, end);
+        }
         let line = status_line(state, &name, duration, note.as_deref());
         self.env
             .reporter
@@ -311,10 +310,11 @@ impl PipelineRun {
     pub(crate) fn mark_restored(&self, i: usize) {
         let name = self.full_name(i);
         self.records()[i].state = State::Restored;
-        self.env.emit(
-            "stage_restored",
-            json!({"pipeline": self.loaded.name(), "stage": name, "status": "restored"}),
-        );
+        self.env.emit(|ev| {
+            let kind = EventKind::Custom(format!("stage.{name}.restored").into());
+            ev.stage_event(kind, self.loaded.name(), &name)
+                .with_status("restored")
+        });
         self.env.reporter.advance(1);
     }
 
@@ -370,15 +370,14 @@ pub(crate) fn execute(
         } else {
             RunIdentity::new()
         };
-        env.emit(
-            "pipeline_started",
-            json!({
-                "pipeline": loaded.name(),
-                "file": loaded.source().path().display().to_string(),
-                "stages": loaded.len(),
-                "parent_stage": (!run.is_top()).then(|| run.prefix.trim_end_matches('/').to_owned()),
-            }),
-        );
+        env.emit(|ev| {
+            ev.event(EventKind::PipelineStarted, loaded.name())
+                .with_data(without_nulls(json!({
+                    "file": loaded.source().path().display().to_string(),
+                    "stages": loaded.len(),
+                    "parent_stage": (!run.is_top()).then(|| run.prefix.trim_end_matches('/').to_owned()),
+                })))
+        });
         let options = RunOptions::new()
             .identity(identity)
             .max_concurrency(env.max_parallel)
@@ -400,26 +399,33 @@ pub(crate) fn execute(
         let duration = started.elapsed();
         let (event, status, error) = match &result {
             Ok(r) => match r.status() {
-                RunStatus::Completed => ("pipeline_completed", "completed", None),
-                RunStatus::Cancelled { reason, .. } => {
-                    ("pipeline_cancelled", "cancelled", Some(reason.clone()))
-                }
+                RunStatus::Completed => (EventKind::PipelineCompleted, "completed", None),
+                RunStatus::Cancelled { reason, .. } => (
+                    EventKind::PipelineCancelled,
+                    "cancelled",
+                    Some(reason.clone()),
+                ),
             },
-            Err(f) => ("pipeline_failed", "failed", Some(f.to_string())),
+            Err(f) => (EventKind::PipelineFailed, "failed", Some(f.to_string())),
         };
         let failed_cleanups = cleanup.iter().filter(|c| c.error.is_some()).count();
-        env.emit(
-            event,
-            json!({
-                "pipeline": loaded.name(),
-                "status": status,
-                "duration_ms": duration.as_secs_f64() * 1000.0,
-                "error": error,
-                "failed_stage": result.as_ref().err().map(|f| format!("{}{}", run.prefix, f.stage())),
-                "cleanup_failures": (failed_cleanups > 0).then_some(failed_cleanups),
-                "parent_stage": (!run.is_top()).then(|| run.prefix.trim_end_matches('/').to_owned()),
-            }),
-        );
+        if let Some(events) = &env.events {
+            let mut event = events
+                .event(event, loaded.name())
+                .with_status(status)
+                .with_duration(duration)
+                .with_data(without_nulls(json!({
+                    "failed_stage": result.as_ref().err().map(|f| format!("{}{}", run.prefix, f.stage())),
+                    "cleanup_failures": (failed_cleanups > 0).then_some(failed_cleanups),
+                    "parent_stage": (!run.is_top()).then(|| run.prefix.trim_end_matches('/').to_owned()),
+                })));
+            event.error = error;
+            if run.is_top() {
+                events.last(event, false);
+            } else {
+                events.emit(event);
+            }
+        }
         Outcome {
             result,
             cleanup,
@@ -618,20 +624,22 @@ fn report_cleanup(
     duration: Duration,
 ) -> CleanupReport {
     let env = &run.env;
-    env.emit(
-        if error.is_some() {
-            "cleanup_failed"
+    env.emit(|ev| {
+        let kind = if error.is_some() {
+            "cleanup.failed"
         } else {
-            "cleanup_completed"
-        },
-        json!({
-            "pipeline": run.loaded.name(),
-            "stage": stage,
-            "command": command,
-            "duration_ms": duration.as_secs_f64() * 1000.0,
-            "error": error,
-        }),
-    );
+            "cleanup.completed"
+        };
+        let mut event = ev
+            .event(EventKind::Custom(kind.into()), run.loaded.name())
+            .with_duration(duration)
+            .with_data(json!({ "command": command }));
+        if let Some(stage) = &stage {
+            event = event.with_stage(stage.as_str(), stageflow::StageKind::Work);
+        }
+        event.error.clone_from(&error);
+        event
+    });
     let who = stage.as_deref().map_or_else(
         || format!("pipeline `{}`", run.loaded.name()),
         |s| format!("stage `{s}`"),

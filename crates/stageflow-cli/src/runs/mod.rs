@@ -20,12 +20,12 @@ use std::time::{Duration, SystemTime};
 
 use clap::Subcommand;
 use serde_json::{json, Value};
+use stageflow::observe::Rfc3339;
 use stageflow::store::{RunRecord, RunState, RunStore, StageRecord};
 use stageflow::StageStatus;
 
 use crate::pipeline_file::cli::{ExecutionArgs, RunArgs};
 use crate::pipeline_file::duration::human;
-use crate::pipeline_file::events::rfc3339;
 use crate::pipeline_file::lower::build_shape;
 use crate::pipeline_file::run::{run_loaded, Recording};
 use crate::pipeline_file::{load, EXIT_INVALID, EXIT_OK};
@@ -113,7 +113,7 @@ pub fn main(args: &RunsArgs, rt: &tokio::runtime::Runtime) -> ExitCode {
 
 /// `2024-05-01 12:00:00Z`.
 fn when(t: SystemTime) -> String {
-    let s = rfc3339(t);
+    let s = Rfc3339(t).to_string();
     format!("{}Z", s[..19].replace('T', " "))
 }
 
@@ -156,8 +156,8 @@ fn summary_json(run: &RunRecord, shown: &Shown, info: Option<&RunInfo>, recorded
         "shown_status": shown.status,
         "crashed": shown.crashed,
         "error": run.error,
-        "started_at": rfc3339(run.created_at),
-        "updated_at": rfc3339(run.updated_at),
+        "started_at": Rfc3339(run.created_at).to_string(),
+        "updated_at": Rfc3339(run.updated_at).to_string(),
         "duration_ms": shown.duration.as_millis() as u64,
         "stages_recorded": recorded,
         "stages_total": info.map(|i| i.stages),
@@ -327,7 +327,7 @@ fn show(args: &RunsArgs, a: &ShowArgs) -> Result<ExitCode, String> {
                     "status": status_name(s.status),
                     "duration_ms": s.duration_ms,
                     "attempts": s.attempts,
-                    "started_at": rfc3339(s.started_at),
+                    "started_at": Rfc3339(s.started_at).to_string(),
                     "note": stage_note(s),
                 })
             })

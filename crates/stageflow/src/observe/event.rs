@@ -455,8 +455,17 @@ pub struct Artifact {
     pub payload: Value,
 }
 
-/// Displays a [`SystemTime`] as RFC 3339 UTC with microseconds: `2025-01-31T12:34:56.123456Z`.
-pub(crate) struct Rfc3339(pub(crate) SystemTime);
+/// Displays a [`SystemTime`] as RFC 3339 UTC with microseconds: `2025-01-31T12:34:56.123456Z`,
+/// the format of event timestamps.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use stageflow::observe::Rfc3339;
+/// let t = UNIX_EPOCH + Duration::from_micros(1_709_251_199_123_456);
+/// assert_eq!(Rfc3339(t).to_string(), "2024-02-29T23:59:59.123456Z");
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Rfc3339(pub SystemTime);
 
 impl fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

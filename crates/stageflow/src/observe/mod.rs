@@ -76,7 +76,7 @@ pub mod sink;
 pub mod summary;
 pub mod watchdog;
 
-pub use event::{Artifact, CustomEvent, Event, EventKind, Name};
+pub use event::{Artifact, CustomEvent, Event, EventKind, Name, Rfc3339};
 pub use jsonl::{JsonlSink, JsonlSinkBuilder, WhenFull};
 pub use memory::MemoryReport;
 pub use progress::{Progress, ProgressObserver};
