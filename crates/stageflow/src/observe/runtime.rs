@@ -45,7 +45,7 @@ pub(crate) enum Outcome<'a> {
 }
 
 /// What every event of a run carries, and how its events are built: shared by the observer and
-/// by the [`JsonlSink`](super::JsonlSink) writer, which expands the compact stage events of the
+/// by the [`JsonlSink`] writer, which expands the compact stage events of the
 /// fast path with the same code.
 pub(crate) struct RunLabels {
     pub(crate) run_id: Uuid,
@@ -226,7 +226,7 @@ pub(crate) struct Observer {
     alloc_total: u64,
     /// When the last stage finished (run clock), until the next start takes it.
     handoff: Option<u64>,
-    /// The fast path for stage events, when the sink is a [`JsonlSink`](super::JsonlSink).
+    /// The fast path for stage events, when the sink is a [`JsonlSink`].
     fast: Option<FastSink>,
 }
 

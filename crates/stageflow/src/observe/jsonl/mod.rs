@@ -1,9 +1,14 @@
 //! [`JsonlSink`]: events as JSON Lines, written by a background thread.
+//!
+//! Three parts: this module (the sink, its builder and the bounded queue between emitters and
+//! the writer), [`writer`] (the writer thread and the file), and [`note`] (the compact form in
+//! which the engine hands over stage lifecycle events).
 
-use std::borrow::Cow;
-use std::collections::HashMap;
+mod note;
+mod writer;
+
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,9 +17,11 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 
-use super::event::{Encoder, Event, EventKind, EventParts};
+use super::event::Event;
 use super::runtime::RunLabels;
 use super::sink::EventSink;
+pub(crate) use note::{NoteKind, StageNote};
+use writer::{BackgroundSync, Output, Writer};
 
 /// What [`JsonlSink::try_emit`](EventSink::try_emit) does when the buffer is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -201,79 +208,6 @@ impl JsonlSinkBuilder {
     }
 }
 
-/// A stage's lifecycle event in compact form: the engine's fast path into a [`JsonlSink`]. The
-/// executor hands over a few numbers (no strings, no allocation, a quarter of an [`Event`]'s
-/// size); the writer thread encodes them, with the run's labels, into the very line of the
-/// [`Event`] the engine builds for other sinks ([`event_in`](Self::event_in)), so the file is the
-/// same either way (a unit test checks it byte for byte).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct StageNote {
-    /// The run, as registered with [`JsonlSink::begin_run`].
-    pub(crate) run: u64,
-    pub(crate) idx: u32,
-    pub(crate) kind: NoteKind,
-    pub(crate) status: &'static str,
-    /// On the run's clock.
-    pub(crate) at_ns: u64,
-    pub(crate) duration: Option<Duration>,
-    pub(crate) allocated_bytes: Option<u64>,
-}
-
-/// The lifecycle events a [`StageNote`] can be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum NoteKind {
-    Started,
-    Completed,
-    Skipped,
-    Cancelled,
-    Failed,
-}
-
-impl NoteKind {
-    fn event_kind(self) -> &'static EventKind {
-        match self {
-            NoteKind::Started => &EventKind::StageStarted,
-            NoteKind::Completed => &EventKind::StageCompleted,
-            NoteKind::Skipped => &EventKind::StageSkipped,
-            NoteKind::Cancelled => &EventKind::StageCancelled,
-            NoteKind::Failed => &EventKind::StageFailed,
-        }
-    }
-}
-
-impl StageNote {
-    /// The event this note stands for, in run `labels`: what other sinks get.
-    #[inline(always)]
-    pub(crate) fn event_in(self, labels: &RunLabels) -> Event {
-        let mut event = labels.stage_event(self.kind.event_kind().clone(), self.idx, self.at_ns);
-        event.status = Some(Cow::Borrowed(self.status));
-        event.duration = self.duration;
-        event.allocated_bytes = self.allocated_bytes;
-        event
-    }
-
-    /// The same event's fields, borrowed from the note and `labels` without building it: what
-    /// the writer encodes. (A test checks that both give the same line.)
-    fn parts<'a>(self, labels: &'a RunLabels) -> EventParts<'a> {
-        static NO_DATA: serde_json::Value = serde_json::Value::Null;
-        EventParts {
-            kind: self.kind.event_kind(),
-            run_id: labels.run_id,
-            parent_run_id: labels.parent_run_id,
-            root_run_id: labels.root_run_id,
-            pipeline: &labels.pipeline,
-            stage: Some(labels.graph.name(self.idx)),
-            stage_kind: Some(labels.graph.kind(self.idx)),
-            timestamp: labels.timestamp(self.at_ns),
-            duration: self.duration,
-            status: Some(self.status),
-            error: None,
-            allocated_bytes: self.allocated_bytes,
-            data: &NO_DATA,
-        }
-    }
-}
-
 /// What waits in the buffer for the writer. Runs announce themselves (`RunStart`, with what their
 /// notes need to be expanded) and leave (`RunEnd`) through the same queue, so the writer always
 /// knows a note's run.
@@ -332,19 +266,6 @@ struct State {
     blocked: usize,
     /// The first write error; later writes are skipped and their events counted as dropped.
     error: Option<(io::ErrorKind, String)>,
-}
-
-/// Applies a run announcement to the writer's table of runs; ignores events.
-fn track_runs(runs: &mut HashMap<u64, Arc<RunLabels>>, item: Queued) {
-    match item {
-        Queued::RunStart(run, labels) => {
-            runs.insert(run, labels);
-        }
-        Queued::RunEnd(run) => {
-            runs.remove(&run);
-        }
-        Queued::Event(_) | Queued::Note(_) => {}
-    }
 }
 
 /// `Ok`, or the stored first write error (a fresh `io::Error` each time it is reported).
@@ -406,230 +327,8 @@ impl Inner {
     }
 }
 
-enum Output {
-    /// Written unbuffered: the writer hands it whole batches (one system call each), and what it
-    /// wrote is in the file at once, for `tail -f` and for readers of a long run's events.
-    File {
-        file: File,
-        /// With fsync on: syncs in the background while the run goes on.
-        syncer: Option<BackgroundSync>,
-        /// Bytes written since the last background sync was requested.
-        unsynced: u64,
-    },
-    Writer(Box<dyn Write + Send>),
-}
-
-/// Events the writer takes at once after a batch, rather than lingering for more: taking fewer
-/// would have it fight the emitters for the lock every few events.
-const EAGER_BATCH: usize = 512;
-
 /// How long [`flush`](EventSink::flush) yields before it parks to wait for the writer.
 const FLUSH_SPIN: Duration = Duration::from_micros(300);
-
-/// Bytes written between two background syncs.
-const SYNC_EVERY: u64 = 16 << 20;
-
-impl Output {
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            Output::File {
-                file,
-                syncer,
-                unsynced,
-            } => {
-                file.write_all(bytes)?;
-                *unsynced += bytes.len() as u64;
-                if let Some(syncer) = syncer.as_ref().filter(|_| *unsynced >= SYNC_EVERY) {
-                    *unsynced = 0;
-                    syncer.request();
-                }
-                Ok(())
-            }
-            Output::Writer(w) => w.write_all(bytes),
-        }
-    }
-
-    fn flush(&mut self, fsync: bool) -> io::Result<()> {
-        match self {
-            Output::File { file, unsynced, .. } => {
-                if fsync {
-                    file.sync_data()?;
-                    *unsynced = 0;
-                }
-                Ok(())
-            }
-            Output::Writer(w) => w.flush(),
-        }
-    }
-}
-
-/// A thread that syncs the events file to disk every [`SYNC_EVERY`] bytes while the run goes on,
-/// on its own handle to the file, so the writer never waits for the disk and the fsync at the
-/// end of the run only has the tail left to write: a 1,000,000-stage run writes about 440 MB of
-/// events, which would otherwise all reach the disk in that one final fsync. Errors are left to
-/// the final fsync (on the writer's handle), which reports them.
-struct BackgroundSync {
-    /// Capacity 1: a request while one is pending is merged into it.
-    requests: std::sync::mpsc::SyncSender<()>,
-}
-
-impl BackgroundSync {
-    fn start(file: File) -> io::Result<BackgroundSync> {
-        let (requests, rx) = std::sync::mpsc::sync_channel::<()>(1);
-        std::thread::Builder::new()
-            .name("stageflow-jsonl-sync".into())
-            .spawn(move || {
-                // Ends when the writer (the sender) is gone.
-                while rx.recv().is_ok() {
-                    let _ = file.sync_data();
-                }
-            })?;
-        Ok(BackgroundSync { requests })
-    }
-
-    fn request(&self) {
-        let _ = self.requests.try_send(());
-    }
-}
-
-struct Writer {
-    inner: Arc<Inner>,
-    output: Output,
-    fsync: bool,
-    linger: Duration,
-}
-
-impl Writer {
-    fn run(mut self) {
-        let inner = self.inner.clone();
-        let mut batch: Vec<Queued> = Vec::with_capacity(inner.wake_at.min(4096));
-        // The runs whose stage notes may still come, with what expanding them needs.
-        let mut runs: HashMap<u64, Arc<RunLabels>> = HashMap::new();
-        let mut last: Option<(u64, Arc<RunLabels>)> = None;
-        let mut buf: Vec<u8> = Vec::with_capacity(1 << 18);
-        let mut encoder = Encoder::default();
-        // Whether events came in during the last `linger`: then the writer keeps waking itself
-        // (events that arrived while it wrote are taken at once, others after at most `linger`)
-        // and emitters never have to wake it. After a quiet `linger` it sleeps until an emitter
-        // wakes it: one wake-up per burst of events, not one per few hundred.
-        let mut active = false;
-        let mut wrote = false;
-        loop {
-            let (flushers, closing, failed) = {
-                let mut st = inner.lock();
-                loop {
-                    if st.closing || !st.flushers.is_empty() || st.pending.len() >= inner.wake_at {
-                        break;
-                    }
-                    if wrote && st.pending.len() >= EAGER_BATCH {
-                        break; // enough came in while the last batch was written
-                    }
-                    if !active && st.pending.is_empty() {
-                        st.wake = Wake::OnAny;
-                        st = inner.work.wait(st).unwrap_or_else(PoisonError::into_inner);
-                        active = true;
-                        continue;
-                    }
-                    st.wake = Wake::AtThreshold;
-                    let (guard, timeout) = inner
-                        .work
-                        .wait_timeout(st, self.linger)
-                        .unwrap_or_else(PoisonError::into_inner);
-                    st = guard;
-                    if timeout.timed_out() {
-                        active = !st.pending.is_empty();
-                        if active {
-                            break;
-                        }
-                    }
-                }
-                st.wake = Wake::No;
-                std::mem::swap(&mut st.pending, &mut batch);
-                if st.blocked > 0 {
-                    inner.room.notify_all();
-                }
-                let failed = st.error.is_some();
-                (std::mem::take(&mut st.flushers), st.closing, failed)
-            };
-            inner.room_async.notify_waiters();
-
-            let n = batch.iter().filter(|item| item.is_event()).count() as u64;
-            wrote = !batch.is_empty();
-            if failed {
-                inner.dropped.fetch_add(n, Ordering::Relaxed);
-                for item in batch.drain(..) {
-                    track_runs(&mut runs, item);
-                }
-            } else {
-                let mut result = Ok(());
-                for item in batch.drain(..) {
-                    match &item {
-                        Queued::Event(event) => encoder.encode(event, &mut buf),
-                        Queued::Note(note) => {
-                            // Notes come in long runs of the same run: look it up once.
-                            if last.as_ref().is_none_or(|(run, _)| *run != note.run) {
-                                last = runs.get(&note.run).map(|l| (note.run, l.clone()));
-                            }
-                            match &last {
-                                Some((_, labels)) => {
-                                    encoder.encode_parts(&note.parts(labels), &mut buf)
-                                }
-                                // Unreachable: a run announces itself before its first note.
-                                None => continue,
-                            }
-                        }
-                        Queued::RunStart(..) | Queued::RunEnd(_) => {
-                            track_runs(&mut runs, item);
-                            continue;
-                        }
-                    }
-                    buf.push(b'\n');
-                    if buf.len() >= 1 << 18 {
-                        result = result.and_then(|()| self.output.write_all(&buf));
-                        buf.clear();
-                    }
-                }
-                if !buf.is_empty() {
-                    result = result.and_then(|()| self.output.write_all(&buf));
-                    buf.clear();
-                }
-                // Every batch reaches the file (or the writer's destination) right away; a flush
-                // request or the end also syncs.
-                let sync = self.fsync && (!flushers.is_empty() || closing);
-                result = result.and_then(|()| self.output.flush(sync));
-                match result {
-                    Ok(()) => {
-                        inner.written.fetch_add(n, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        inner.dropped.fetch_add(n, Ordering::Relaxed);
-                        inner.lock().error = Some((e.kind(), e.to_string()));
-                    }
-                }
-            }
-            if !flushers.is_empty() {
-                let error = inner.lock().error.clone();
-                for f in flushers {
-                    let _ = f.send(stored_result(&error));
-                }
-            }
-            if closing {
-                let mut st = inner.lock();
-                st.closed = true;
-                // Anything pushed after the last swap was refused (`closing` was set).
-                for f in st.flushers.drain(..) {
-                    let _ = f.send(Ok(()));
-                }
-                if st.blocked > 0 {
-                    inner.room.notify_all();
-                }
-                drop(st);
-                inner.room_async.notify_waiters();
-                return;
-            }
-        }
-    }
-}
 
 impl JsonlSink {
     /// A sink writing to `path` (created or truncated) with default settings.
@@ -678,7 +377,7 @@ impl JsonlSink {
     }
 }
 
-/// The engine's fast path (see [`StageNote`]).
+/// The engine's fast path (see `note::StageNote`).
 impl JsonlSink {
     /// Registers a run whose stage events come as notes; returns its key for them.
     pub(crate) fn begin_run(&self, labels: Arc<RunLabels>) -> u64 {
@@ -793,70 +492,5 @@ impl EventSink for JsonlSink {
 
     fn dropped(&self) -> u64 {
         self.handle.inner.dropped.load(Ordering::Relaxed)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::{Duration, SystemTime};
-
-    use uuid::Uuid;
-
-    use super::*;
-    use crate::{Pipeline, StageContext, StageOutput};
-
-    /// The fast path writes exactly the line the engine's event for the same note encodes to.
-    #[test]
-    fn a_note_encodes_to_the_same_line_as_its_event() {
-        let graph = Pipeline::builder("pipe \"quoted\"")
-            .stage("plain", |_c: StageContext| async { StageOutput::ok() })
-            .stage("we\"ird\\name", |_c: StageContext| async {
-                StageOutput::ok()
-            })
-            .build()
-            .unwrap();
-        for (parent, root) in [(None, None), (Some(Uuid::now_v7()), Some(Uuid::now_v7()))] {
-            let labels = RunLabels {
-                run_id: Uuid::now_v7(),
-                parent_run_id: parent,
-                root_run_id: root,
-                pipeline: crate::observe::Name::from(graph.name()),
-                graph: graph.inner.clone(),
-                start_wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000),
-            };
-            let kinds = [
-                (NoteKind::Started, "running"),
-                (NoteKind::Completed, "ok"),
-                (NoteKind::Skipped, "skip"),
-                (NoteKind::Cancelled, "aborted"),
-                (NoteKind::Failed, "error"),
-            ];
-            for idx in 0..2 {
-                for (kind, status) in kinds {
-                    for (duration, allocated) in [
-                        (None, None),
-                        (Some(Duration::from_nanos(1_234_567)), Some(4096)),
-                    ] {
-                        let note = StageNote {
-                            run: 7,
-                            idx,
-                            kind,
-                            status,
-                            at_ns: 999_999_999_123,
-                            duration,
-                            allocated_bytes: allocated,
-                        };
-                        let (mut fast, mut full) = (Vec::new(), Vec::new());
-                        let mut encoder = Encoder::default();
-                        encoder.encode_parts(&note.parts(&labels), &mut fast);
-                        encoder.encode(&note.event_in(&labels), &mut full);
-                        assert_eq!(
-                            String::from_utf8(fast).unwrap(),
-                            String::from_utf8(full).unwrap()
-                        );
-                    }
-                }
-            }
-        }
     }
 }

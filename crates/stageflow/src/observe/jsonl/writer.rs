@@ -1,0 +1,248 @@
+//! The writer thread: takes batches from the queue, encodes them and writes them to the file
+//! (or writer), syncing it in the background and when asked.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use super::{stored_result, Inner, Queued, Wake};
+use crate::observe::event::Encoder;
+use crate::observe::runtime::RunLabels;
+
+pub(super) enum Output {
+    /// Written unbuffered: the writer hands it whole batches (one system call each), and what it
+    /// wrote is in the file at once, for `tail -f` and for readers of a long run's events.
+    File {
+        file: File,
+        /// With fsync on: syncs in the background while the run goes on.
+        syncer: Option<BackgroundSync>,
+        /// Bytes written since the last background sync was requested.
+        unsynced: u64,
+    },
+    Writer(Box<dyn Write + Send>),
+}
+
+/// Events the writer takes at once after a batch, rather than lingering for more: taking fewer
+/// would have it fight the emitters for the lock every few events.
+const EAGER_BATCH: usize = 512;
+
+/// Bytes written between two background syncs.
+const SYNC_EVERY: u64 = 16 << 20;
+
+impl Output {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Output::File {
+                file,
+                syncer,
+                unsynced,
+            } => {
+                file.write_all(bytes)?;
+                *unsynced += bytes.len() as u64;
+                if let Some(syncer) = syncer.as_ref().filter(|_| *unsynced >= SYNC_EVERY) {
+                    *unsynced = 0;
+                    syncer.request();
+                }
+                Ok(())
+            }
+            Output::Writer(w) => w.write_all(bytes),
+        }
+    }
+
+    fn flush(&mut self, fsync: bool) -> io::Result<()> {
+        match self {
+            Output::File { file, unsynced, .. } => {
+                if fsync {
+                    file.sync_data()?;
+                    *unsynced = 0;
+                }
+                Ok(())
+            }
+            Output::Writer(w) => w.flush(),
+        }
+    }
+}
+
+/// A thread that syncs the events file to disk every [`SYNC_EVERY`] bytes while the run goes on,
+/// on its own handle to the file, so the writer never waits for the disk and the fsync at the
+/// end of the run only has the tail left to write: a 1,000,000-stage run writes about 440 MB of
+/// events, which would otherwise all reach the disk in that one final fsync. Errors are left to
+/// the final fsync (on the writer's handle), which reports them.
+pub(super) struct BackgroundSync {
+    /// Capacity 1: a request while one is pending is merged into it.
+    requests: std::sync::mpsc::SyncSender<()>,
+}
+
+impl BackgroundSync {
+    pub(super) fn start(file: File) -> io::Result<BackgroundSync> {
+        let (requests, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("stageflow-jsonl-sync".into())
+            .spawn(move || {
+                // Ends when the writer (the sender) is gone.
+                while rx.recv().is_ok() {
+                    let _ = file.sync_data();
+                }
+            })?;
+        Ok(BackgroundSync { requests })
+    }
+
+    fn request(&self) {
+        let _ = self.requests.try_send(());
+    }
+}
+
+pub(super) struct Writer {
+    pub(super) inner: Arc<Inner>,
+    pub(super) output: Output,
+    pub(super) fsync: bool,
+    pub(super) linger: Duration,
+}
+
+impl Writer {
+    pub(super) fn run(mut self) {
+        let inner = self.inner.clone();
+        let mut batch: Vec<Queued> = Vec::with_capacity(inner.wake_at.min(4096));
+        // The runs whose stage notes may still come, with what expanding them needs.
+        let mut runs: HashMap<u64, Arc<RunLabels>> = HashMap::new();
+        let mut last: Option<(u64, Arc<RunLabels>)> = None;
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 18);
+        let mut encoder = Encoder::default();
+        // Whether events came in during the last `linger`: then the writer keeps waking itself
+        // (events that arrived while it wrote are taken at once, others after at most `linger`)
+        // and emitters never have to wake it. After a quiet `linger` it sleeps until an emitter
+        // wakes it: one wake-up per burst of events, not one per few hundred.
+        let mut active = false;
+        let mut wrote = false;
+        loop {
+            let (flushers, closing, failed) = {
+                let mut st = inner.lock();
+                loop {
+                    if st.closing || !st.flushers.is_empty() || st.pending.len() >= inner.wake_at {
+                        break;
+                    }
+                    if wrote && st.pending.len() >= EAGER_BATCH {
+                        break; // enough came in while the last batch was written
+                    }
+                    if !active && st.pending.is_empty() {
+                        st.wake = Wake::OnAny;
+                        st = inner.work.wait(st).unwrap_or_else(PoisonError::into_inner);
+                        active = true;
+                        continue;
+                    }
+                    st.wake = Wake::AtThreshold;
+                    let (guard, timeout) = inner
+                        .work
+                        .wait_timeout(st, self.linger)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    st = guard;
+                    if timeout.timed_out() {
+                        active = !st.pending.is_empty();
+                        if active {
+                            break;
+                        }
+                    }
+                }
+                st.wake = Wake::No;
+                std::mem::swap(&mut st.pending, &mut batch);
+                if st.blocked > 0 {
+                    inner.room.notify_all();
+                }
+                let failed = st.error.is_some();
+                (std::mem::take(&mut st.flushers), st.closing, failed)
+            };
+            inner.room_async.notify_waiters();
+
+            let n = batch.iter().filter(|item| item.is_event()).count() as u64;
+            wrote = !batch.is_empty();
+            if failed {
+                inner.dropped.fetch_add(n, Ordering::Relaxed);
+                for item in batch.drain(..) {
+                    track_runs(&mut runs, item);
+                }
+            } else {
+                let mut result = Ok(());
+                for item in batch.drain(..) {
+                    match &item {
+                        Queued::Event(event) => encoder.encode(event, &mut buf),
+                        Queued::Note(note) => {
+                            // Notes come in long runs of the same run: look it up once.
+                            if last.as_ref().is_none_or(|(run, _)| *run != note.run) {
+                                last = runs.get(&note.run).map(|l| (note.run, l.clone()));
+                            }
+                            match &last {
+                                Some((_, labels)) => {
+                                    encoder.encode_parts(&note.parts(labels), &mut buf)
+                                }
+                                // Unreachable: a run announces itself before its first note.
+                                None => continue,
+                            }
+                        }
+                        Queued::RunStart(..) | Queued::RunEnd(_) => {
+                            track_runs(&mut runs, item);
+                            continue;
+                        }
+                    }
+                    buf.push(b'\n');
+                    if buf.len() >= 1 << 18 {
+                        result = result.and_then(|()| self.output.write_all(&buf));
+                        buf.clear();
+                    }
+                }
+                if !buf.is_empty() {
+                    result = result.and_then(|()| self.output.write_all(&buf));
+                    buf.clear();
+                }
+                // Every batch reaches the file (or the writer's destination) right away; a flush
+                // request or the end also syncs.
+                let sync = self.fsync && (!flushers.is_empty() || closing);
+                result = result.and_then(|()| self.output.flush(sync));
+                match result {
+                    Ok(()) => {
+                        inner.written.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        inner.dropped.fetch_add(n, Ordering::Relaxed);
+                        inner.lock().error = Some((e.kind(), e.to_string()));
+                    }
+                }
+            }
+            if !flushers.is_empty() {
+                let error = inner.lock().error.clone();
+                for f in flushers {
+                    let _ = f.send(stored_result(&error));
+                }
+            }
+            if closing {
+                let mut st = inner.lock();
+                st.closed = true;
+                // Anything pushed after the last swap was refused (`closing` was set).
+                for f in st.flushers.drain(..) {
+                    let _ = f.send(Ok(()));
+                }
+                if st.blocked > 0 {
+                    inner.room.notify_all();
+                }
+                drop(st);
+                inner.room_async.notify_waiters();
+                return;
+            }
+        }
+    }
+}
+
+/// Applies a run announcement to the writer's table of runs; ignores events.
+pub(super) fn track_runs(runs: &mut HashMap<u64, Arc<RunLabels>>, item: Queued) {
+    match item {
+        Queued::RunStart(run, labels) => {
+            runs.insert(run, labels);
+        }
+        Queued::RunEnd(run) => {
+            runs.remove(&run);
+        }
+        Queued::Event(_) | Queued::Note(_) => {}
+    }
+}
