@@ -1,6 +1,9 @@
 //! Helpers for the engine benchmarks: the runtime, the Stageflow graphs under test, and the
 //! hand-written "floor" scheduler they are compared to.
 
+// Each benchmark target compiles this module and uses part of it.
+#![allow(dead_code)]
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

@@ -27,6 +27,14 @@
 //! so itself (e.g. [`JsonlSink`] with [`WhenFull::Block`]). At the end of every run the executor
 //! awaits [`EventSink::flush`], so the run returns only once its events are written.
 //!
+//! **Cost.** Into a [`JsonlSink`], a stage's `started` and `completed` events cost the executor
+//! one clock read and two pushes of a few numbers: the sink's writer thread turns them into the
+//! same lines the [`Event`]s would give (other sinks get [`Event`]s). Measured on a 2-core
+//! machine (`cargo run --release -p stageflow --example observe_overhead`), JSONL events, spans
+//! to a no-op subscriber and progress together keep a chain of no-op stages under three times its
+//! bare time per stage, from 2,000 to 1,000,000 stages; the fsync that ends each run is a fixed
+//! cost of the disk (about half a millisecond on that machine) on top.
+//!
 //! ```
 //! use std::time::Duration;
 //! use stageflow::observe::{MemorySink, ProgressObserver, SummaryOptions, Watchdog};
