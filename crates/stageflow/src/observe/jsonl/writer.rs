@@ -106,9 +106,7 @@ impl Writer {
     pub(super) fn run(mut self) {
         let inner = self.inner.clone();
         let mut batch: Vec<Queued> = Vec::with_capacity(inner.wake_at.min(4096));
-        // The runs whose stage notes may still come, with what expanding them needs.
-        let mut runs: HashMap<u64, Arc<RunLabels>> = HashMap::new();
-        let mut last: Option<(u64, Arc<RunLabels>)> = None;
+        let mut runs = Runs::default();
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 18);
         let mut encoder = Encoder::default();
         // Whether events came in during the last `linger`: then the writer keeps waking itself
@@ -161,28 +159,20 @@ impl Writer {
             if failed {
                 inner.dropped.fetch_add(n, Ordering::Relaxed);
                 for item in batch.drain(..) {
-                    track_runs(&mut runs, item);
+                    runs.track(item);
                 }
             } else {
                 let mut result = Ok(());
                 for item in batch.drain(..) {
                     match &item {
                         Queued::Event(event) => encoder.encode(event, &mut buf),
-                        Queued::Note(note) => {
-                            // Notes come in long runs of the same run: look it up once.
-                            if last.as_ref().is_none_or(|(run, _)| *run != note.run) {
-                                last = runs.get(&note.run).map(|l| (note.run, l.clone()));
-                            }
-                            match &last {
-                                Some((_, labels)) => {
-                                    encoder.encode_parts(&note.parts(labels), &mut buf)
-                                }
-                                // Unreachable: a run announces itself before its first note.
-                                None => continue,
-                            }
-                        }
+                        Queued::Note(note) => match runs.labels(note.run) {
+                            Some(labels) => encoder.encode_parts(&note.parts(labels), &mut buf),
+                            // Unreachable: a run announces itself before its first note.
+                            None => continue,
+                        },
                         Queued::RunStart(..) | Queued::RunEnd(_) => {
-                            track_runs(&mut runs, item);
+                            runs.track(item);
                             continue;
                         }
                     }
@@ -234,15 +224,72 @@ impl Writer {
     }
 }
 
-/// Applies a run announcement to the writer's table of runs; ignores events.
-pub(super) fn track_runs(runs: &mut HashMap<u64, Arc<RunLabels>>, item: Queued) {
-    match item {
-        Queued::RunStart(run, labels) => {
-            runs.insert(run, labels);
+/// The runs whose stage notes may still come, with what encoding them needs.
+#[derive(Default)]
+struct Runs {
+    all: HashMap<u64, Arc<RunLabels>>,
+    /// The run of the last note: notes come in long series of one run, looked up once.
+    last: Option<(u64, Arc<RunLabels>)>,
+}
+
+impl Runs {
+    /// Applies a run announcement; ignores events.
+    fn track(&mut self, item: Queued) {
+        match item {
+            Queued::RunStart(run, labels) => {
+                self.all.insert(run, labels);
+            }
+            Queued::RunEnd(run) => {
+                self.all.remove(&run);
+                // Do not keep an ended run's graph alive until the next run's notes.
+                if self.last.as_ref().is_some_and(|(last, _)| *last == run) {
+                    self.last = None;
+                }
+            }
+            Queued::Event(_) | Queued::Note(_) => {}
         }
-        Queued::RunEnd(run) => {
-            runs.remove(&run);
+    }
+
+    fn labels(&mut self, run: u64) -> Option<&RunLabels> {
+        if self.last.as_ref().is_none_or(|(last, _)| *last != run) {
+            self.last = self.all.get(&run).map(|labels| (run, labels.clone()));
         }
-        Queued::Event(_) | Queued::Note(_) => {}
+        self.last.as_ref().map(|(_, labels)| &**labels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::observe::Name;
+    use crate::{Pipeline, StageContext, StageOutput};
+
+    #[test]
+    fn an_ended_run_is_forgotten_even_if_its_notes_were_the_last() {
+        let graph = Pipeline::builder("p")
+            .stage("a", |_c: StageContext| async { StageOutput::ok() })
+            .build()
+            .unwrap();
+        let labels = Arc::new(RunLabels {
+            run_id: uuid::Uuid::now_v7(),
+            parent_run_id: None,
+            root_run_id: None,
+            pipeline: Name::from("p"),
+            graph: graph.inner.clone(),
+            start_wall: SystemTime::now(),
+        });
+        let mut runs = Runs::default();
+        runs.track(Queued::RunStart(3, labels.clone()));
+        assert!(runs.labels(4).is_none());
+        assert_eq!(runs.labels(3).unwrap().run_id, labels.run_id);
+        runs.track(Queued::RunEnd(3));
+        assert!(runs.labels(3).is_none());
+        assert_eq!(
+            Arc::strong_count(&labels),
+            1,
+            "nothing holds the run any more"
+        );
     }
 }
