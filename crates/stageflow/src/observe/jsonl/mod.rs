@@ -312,12 +312,16 @@ impl Inner {
             st = self.room.wait(st).unwrap_or_else(PoisonError::into_inner);
             st.blocked -= 1;
         }
+        // A run's start does not wake the writer: its first event, right after, does. (Its end
+        // does, so that the writer lets go of the run's labels and graph.)
+        let wakes = !matches!(item, Queued::RunStart(..));
         st.pending.push(item);
-        let wake = match st.wake {
-            Wake::No => false,
-            Wake::OnAny => true,
-            Wake::AtThreshold => st.pending.len() >= self.wake_at,
-        };
+        let wake = wakes
+            && match st.wake {
+                Wake::No => false,
+                Wake::OnAny => true,
+                Wake::AtThreshold => st.pending.len() >= self.wake_at,
+            };
         if wake {
             st.wake = Wake::No;
             drop(st);
