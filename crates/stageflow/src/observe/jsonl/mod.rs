@@ -21,7 +21,7 @@ use super::event::Event;
 use super::runtime::RunLabels;
 use super::sink::EventSink;
 pub(crate) use note::{NoteKind, StageNote};
-use writer::{BackgroundSync, Output, Writer};
+use writer::{BackgroundSync, Output, Writer, Writing};
 
 /// What [`JsonlSink::try_emit`](EventSink::try_emit) does when the buffer is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,17 +39,20 @@ pub enum WhenFull {
 /// Writes events as JSON Lines (one [`Event::to_json_line`] object per line) to a file or any
 /// writer.
 ///
-/// Events are queued in a bounded in-memory buffer and written by a dedicated thread through a
-/// large buffered writer, so the executor only pays for a short lock and a push per event. While
-/// events flow, the writer wakes itself every `linger` (100 µs by default) and takes what came in;
-/// an emitter wakes it only at the start of a burst or when a quarter of the buffer is waiting, so
-/// a busy run costs one wake-up, not one per few hundred events. When the buffer is full, events
+/// Events are queued in a bounded in-memory buffer and written by a dedicated thread, one system
+/// call per batch, so the executor only pays for a short lock and a push per event. While events
+/// flow, the writer wakes itself every `linger` (25 µs by default) and takes what came in; an
+/// emitter wakes it only at the start of a burst or when a quarter of the buffer is waiting, so a
+/// busy run costs one wake-up, not one per few hundred events. When the buffer is full, events
 /// are dropped and counted ([`WhenFull::Drop`], the default) or the emitter waits
-/// ([`WhenFull::Block`]). [`flush`](EventSink::flush), which the executor awaits at the end of
-/// every run, writes out everything accepted so far and fsyncs the file (unless
-/// [`fsync(false)`](JsonlSinkBuilder::fsync)); with fsync on, the file is also synced in the
-/// background every 16 MiB, so the final fsync only has the tail left. [`close`](Self::close)
-/// flushes and stops the writer thread; dropping the last clone stops it too, without waiting.
+/// ([`WhenFull::Block`]).
+///
+/// [`flush`](EventSink::flush), which the executor awaits at the end of every run, writes out
+/// everything accepted so far and fsyncs the file. With [`fsync(false)`](JsonlSinkBuilder::fsync)
+/// the flushing task writes the tail itself when the writer thread is idle, rather than wait for
+/// that thread to be scheduled; with fsync on, the file is also synced in the background every
+/// 16 MiB, so the final fsync only has the tail left. [`close`](Self::close) flushes and stops
+/// the writer thread; dropping the last clone stops it too, without waiting.
 ///
 /// Clones share one file and writer.
 ///
@@ -78,7 +81,7 @@ pub struct JsonlSink {
 }
 
 /// Configures a [`JsonlSink`]. Defaults: 65,536 buffered events, [`WhenFull::Drop`], fsync on
-/// flush, truncate the file, 100 µs linger.
+/// flush, truncate the file, 25 µs linger.
 #[derive(Clone, Debug)]
 pub struct JsonlSinkBuilder {
     capacity: usize,
@@ -95,7 +98,7 @@ impl Default for JsonlSinkBuilder {
             when_full: WhenFull::Drop,
             fsync: true,
             append: false,
-            linger: Duration::from_micros(100),
+            linger: Duration::from_micros(25),
         }
     }
 }
@@ -125,7 +128,7 @@ impl JsonlSinkBuilder {
         self
     }
 
-    /// Longest time an event waits in the buffer before the writer picks it up (default 100 µs,
+    /// Longest time an event waits in the buffer before the writer picks it up (default 25 µs,
     /// at least 10 µs). The writer only polls this often while events come in; an idle sink
     /// sleeps.
     pub fn linger(mut self, linger: Duration) -> Self {
@@ -185,12 +188,12 @@ impl JsonlSinkBuilder {
             // the final flush), large enough that wake-ups are rare.
             wake_at,
             when_full: self.when_full,
+            fsync: self.fsync,
+            writing: Mutex::new(Writing::new(output, wake_at.min(4096))),
         });
         let (done_tx, done_rx) = oneshot::channel();
         let writer = Writer {
             inner: inner.clone(),
-            output,
-            fsync: self.fsync,
             linger: self.linger,
         };
         std::thread::Builder::new()
@@ -253,6 +256,10 @@ struct Inner {
     capacity: usize,
     wake_at: usize,
     when_full: WhenFull,
+    /// Whether a flush (and the end) syncs the file.
+    fsync: bool,
+    /// The output side; the writer thread holds it while it writes a batch.
+    writing: Mutex<Writing>,
 }
 
 struct State {
@@ -289,6 +296,10 @@ enum Wake {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn writing(&self) -> MutexGuard<'_, Writing> {
+        self.writing.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Pushes into the buffer if there is room; `Err(item)` if full, `Ok(false)` if closed.
@@ -464,6 +475,33 @@ impl EventSink for JsonlSink {
 
     async fn flush(&self) -> io::Result<()> {
         let inner = &self.handle.inner;
+        // Without fsync, write the tail here when the writer thread is not busy writing: the
+        // run then never waits for that thread to be woken and scheduled. (With fsync, the
+        // writer thread syncs: the disk wait stays off the async runtime.)
+        if !inner.fsync {
+            let writing = match inner.writing.try_lock() {
+                Ok(writing) => Some(writing),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut writing) = writing {
+                if inner.lock().closed {
+                    return stored_result(&inner.lock().error);
+                }
+                let taken = writing.take_and_write(inner, |_, _| false);
+                drop(writing);
+                // Flush requests it took (from other callers) are answered as the writer would.
+                let error = inner.lock().error.clone();
+                for f in taken.flushers {
+                    let _ = f.send(stored_result(&error));
+                }
+                if taken.closing {
+                    // `close` is in progress: let the writer thread finish it.
+                    inner.work.notify_one();
+                }
+                return stored_result(&error);
+            }
+        }
         let rx = {
             let mut st = inner.lock();
             if st.closed {

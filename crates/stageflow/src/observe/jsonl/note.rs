@@ -7,11 +7,12 @@ use std::time::Duration;
 use crate::observe::event::{Event, EventKind, EventParts};
 use crate::observe::runtime::RunLabels;
 
-/// A stage's lifecycle event in compact form: the engine's fast path into a [`JsonlSink`](super::JsonlSink). The
-/// executor hands over a few numbers (no strings, no allocation, a quarter of an [`Event`]'s
-/// size); the writer thread encodes them, with the run's labels, into the very line of the
-/// [`Event`] the engine builds for other sinks ([`event_in`](Self::event_in)), so the file is the
-/// same either way (a unit test checks it byte for byte).
+/// A stage's lifecycle event in compact form: the engine's fast path into a
+/// [`JsonlSink`](super::JsonlSink). The executor hands over a few numbers (no strings, no
+/// allocation, a quarter of an [`Event`]'s size); the writer thread encodes them, with the run's
+/// labels, into the very line of the [`Event`] the engine builds for other sinks
+/// ([`event_in`](Self::event_in)), so the file is the same either way (a unit test checks it byte
+/// for byte).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StageNote {
     /// The run, as registered with [`JsonlSink::begin_run`](super::JsonlSink::begin_run).

@@ -97,18 +97,127 @@ impl BackgroundSync {
 
 pub(super) struct Writer {
     pub(super) inner: Arc<Inner>,
-    pub(super) output: Output,
-    pub(super) fsync: bool,
     pub(super) linger: Duration,
 }
 
+/// The writing side: the output, the encoder, and the batch being written. It lives behind a
+/// mutex in the sink, so that besides the writer thread a flush without fsync can write the tail
+/// itself: a short run then never waits for the writer thread to be scheduled (on a busy or
+/// virtual machine, that can take longer than the run).
+pub(super) struct Writing {
+    output: Output,
+    encoder: Encoder,
+    buf: Vec<u8>,
+    runs: Runs,
+    batch: Vec<Queued>,
+}
+
+impl Writing {
+    pub(super) fn new(output: Output, batch_capacity: usize) -> Writing {
+        Writing {
+            output,
+            encoder: Encoder::default(),
+            buf: Vec::with_capacity(1 << 18),
+            runs: Runs::default(),
+            batch: Vec::with_capacity(batch_capacity),
+        }
+    }
+
+    /// Takes everything waiting in the queue and writes it out (syncing if `sync`). Returns
+    /// whether anything was taken, the flush requests made before it, and whether the sink is
+    /// closing. Callers hold this `Writing`, so batches reach the output in queue order.
+    pub(super) fn take_and_write(
+        &mut self,
+        inner: &Inner,
+        sync: impl FnOnce(bool, bool) -> bool,
+    ) -> Taken {
+        let (flushers, closing, failed) = {
+            // `wake` is left as it is: the writer thread, if it sleeps, still needs waking.
+            let mut st = inner.lock();
+            std::mem::swap(&mut st.pending, &mut self.batch);
+            if st.blocked > 0 {
+                inner.room.notify_all();
+            }
+            let failed = st.error.is_some();
+            (std::mem::take(&mut st.flushers), st.closing, failed)
+        };
+        inner.room_async.notify_waiters();
+        let took = !self.batch.is_empty();
+        let sync = sync(!flushers.is_empty(), closing);
+        self.write_batch(inner, failed, sync);
+        Taken {
+            took,
+            flushers,
+            closing,
+        }
+    }
+
+    /// Encodes and writes `self.batch`, then syncs if `sync`; counts its events as written, or
+    /// as dropped when this write or an earlier one (`failed`) failed.
+    fn write_batch(&mut self, inner: &Inner, failed: bool, sync: bool) {
+        let Writing {
+            output,
+            encoder,
+            buf,
+            runs,
+            batch,
+        } = self;
+        let n = batch.iter().filter(|item| item.is_event()).count() as u64;
+        if failed {
+            inner.dropped.fetch_add(n, Ordering::Relaxed);
+            for item in batch.drain(..) {
+                runs.track(item);
+            }
+            return;
+        }
+        let mut result = Ok(());
+        for item in batch.drain(..) {
+            match &item {
+                Queued::Event(event) => encoder.encode(event, buf),
+                Queued::Note(note) => match runs.labels(note.run) {
+                    Some(labels) => encoder.encode_parts(&note.parts(labels), buf),
+                    // Unreachable: a run announces itself before its first note.
+                    None => continue,
+                },
+                Queued::RunStart(..) | Queued::RunEnd(_) => {
+                    runs.track(item);
+                    continue;
+                }
+            }
+            buf.push(b'\n');
+            if buf.len() >= 1 << 18 {
+                result = result.and_then(|()| output.write_all(buf));
+                buf.clear();
+            }
+        }
+        if !buf.is_empty() {
+            result = result.and_then(|()| output.write_all(buf));
+            buf.clear();
+        }
+        // Every batch reaches the file (or the writer's destination) right away.
+        result = result.and_then(|()| output.flush(sync));
+        match result {
+            Ok(()) => {
+                inner.written.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                inner.dropped.fetch_add(n, Ordering::Relaxed);
+                inner.lock().error = Some((e.kind(), e.to_string()));
+            }
+        }
+    }
+}
+
+/// What [`Writing::take_and_write`] took.
+pub(super) struct Taken {
+    pub(super) took: bool,
+    pub(super) flushers: Vec<tokio::sync::oneshot::Sender<io::Result<()>>>,
+    pub(super) closing: bool,
+}
+
 impl Writer {
-    pub(super) fn run(mut self) {
+    pub(super) fn run(self) {
         let inner = self.inner.clone();
-        let mut batch: Vec<Queued> = Vec::with_capacity(inner.wake_at.min(4096));
-        let mut runs = Runs::default();
-        let mut buf: Vec<u8> = Vec::with_capacity(1 << 18);
-        let mut encoder = Encoder::default();
         // Whether events came in during the last `linger`: then the writer keeps waking itself
         // (events that arrived while it wrote are taken at once, others after at most `linger`)
         // and emitters never have to wake it. After a quiet `linger` it sleeps until an emitter
@@ -116,7 +225,7 @@ impl Writer {
         let mut active = false;
         let mut wrote = false;
         loop {
-            let (flushers, closing, failed) = {
+            {
                 let mut st = inner.lock();
                 loop {
                     if st.closing || !st.flushers.is_empty() || st.pending.len() >= inner.wake_at {
@@ -145,68 +254,20 @@ impl Writer {
                     }
                 }
                 st.wake = Wake::No;
-                std::mem::swap(&mut st.pending, &mut batch);
-                if st.blocked > 0 {
-                    inner.room.notify_all();
-                }
-                let failed = st.error.is_some();
-                (std::mem::take(&mut st.flushers), st.closing, failed)
-            };
-            inner.room_async.notify_waiters();
-
-            let n = batch.iter().filter(|item| item.is_event()).count() as u64;
-            wrote = !batch.is_empty();
-            if failed {
-                inner.dropped.fetch_add(n, Ordering::Relaxed);
-                for item in batch.drain(..) {
-                    runs.track(item);
-                }
-            } else {
-                let mut result = Ok(());
-                for item in batch.drain(..) {
-                    match &item {
-                        Queued::Event(event) => encoder.encode(event, &mut buf),
-                        Queued::Note(note) => match runs.labels(note.run) {
-                            Some(labels) => encoder.encode_parts(&note.parts(labels), &mut buf),
-                            // Unreachable: a run announces itself before its first note.
-                            None => continue,
-                        },
-                        Queued::RunStart(..) | Queued::RunEnd(_) => {
-                            runs.track(item);
-                            continue;
-                        }
-                    }
-                    buf.push(b'\n');
-                    if buf.len() >= 1 << 18 {
-                        result = result.and_then(|()| self.output.write_all(&buf));
-                        buf.clear();
-                    }
-                }
-                if !buf.is_empty() {
-                    result = result.and_then(|()| self.output.write_all(&buf));
-                    buf.clear();
-                }
-                // Every batch reaches the file (or the writer's destination) right away; a flush
-                // request or the end also syncs.
-                let sync = self.fsync && (!flushers.is_empty() || closing);
-                result = result.and_then(|()| self.output.flush(sync));
-                match result {
-                    Ok(()) => {
-                        inner.written.fetch_add(n, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        inner.dropped.fetch_add(n, Ordering::Relaxed);
-                        inner.lock().error = Some((e.kind(), e.to_string()));
-                    }
-                }
             }
-            if !flushers.is_empty() {
+            // A flush request or the end also syncs.
+            let fsync = inner.fsync;
+            let taken = inner
+                .writing()
+                .take_and_write(&inner, |flushing, closing| fsync && (flushing || closing));
+            wrote = taken.took;
+            if !taken.flushers.is_empty() {
                 let error = inner.lock().error.clone();
-                for f in flushers {
+                for f in taken.flushers {
                     let _ = f.send(stored_result(&error));
                 }
             }
-            if closing {
+            if taken.closing {
                 let mut st = inner.lock();
                 st.closed = true;
                 // Anything pushed after the last swap was refused (`closing` was set).
