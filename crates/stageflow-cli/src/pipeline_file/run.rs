@@ -359,7 +359,8 @@ async fn handle_signals(env: Arc<RunEnv>, token: CancellationToken) {
                 token.cancel();
             });
         } else {
-            env.control.kill_all();
+            // The events file is ended first: writing it out takes a moment, during which the
+            // commands must still be running, or the run could end (and clean up) meanwhile.
             if let Some(events) = &env.events {
                 events.last(
                     events
@@ -371,9 +372,9 @@ async fn handle_signals(env: Arc<RunEnv>, token: CancellationToken) {
                         .with_error("interrupted twice: stopped at once, cleanup skipped"),
                     true,
                 );
-                // The process exits below: write the file out first.
                 events.close().await;
             }
+            env.control.kill_all();
             env.reporter.finish();
             let _ = std::fs::remove_dir_all(&env.scratch);
             eprintln!("stageflow: interrupted twice: stopped at once; cleanup skipped");
