@@ -40,7 +40,8 @@ use uuid::Uuid;
 
 use crate::codec::decode_output;
 use stageflow::store::{
-    from_unix_millis, to_unix_millis, RunRecord, RunState, RunStore, StageRecord, StoreError,
+    from_unix_millis, to_unix_millis, OnRecorded, RunRecord, RunState, RunStore, StageRecord,
+    StoreError,
 };
 
 /// `PRAGMA application_id` of a Stageflow store: `"SFLW"`.
@@ -484,67 +485,6 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn record(
-        &self,
-        run_id: Uuid,
-        stages: &[StageRecord],
-        replace: bool,
-    ) -> Result<(), StoreError> {
-        self.in_run(run_id, Some("committing stage records"), |tx, run| {
-            let first_seq: i64 = tx
-                .prepare_cached("SELECT coalesce(max(seq) + 1, 0) FROM stages WHERE run = ?1")
-                .and_then(|mut stmt| stmt.query_row([run], |row| row.get(0)))
-                .map_err(|e| self.err("reading the next stage sequence number", e))?;
-            let mut insert = tx
-                .prepare_cached(if replace { UPSERT_STAGE } else { INSERT_STAGE })
-                .map_err(|e| self.err("preparing the stage insert", e))?;
-            for (seq, record) in (first_seq..).zip(stages) {
-                if record.run_id != run_id {
-                    return Err(StoreError::RunMismatch {
-                        run_id,
-                        stage: record.stage.clone(),
-                        record_run_id: record.run_id,
-                    });
-                }
-                let output = match &record.output {
-                    Some(output) => Some(serde_json::to_string(output).map_err(|source| {
-                        StoreError::Serialize {
-                            what: format!("the output of stage `{}` of run {run_id}", record.stage),
-                            source,
-                        }
-                    })?),
-                    None => None,
-                };
-                let inserted = insert.execute(params![
-                    run,
-                    seq,
-                    record.stage,
-                    record.status.as_str(),
-                    output,
-                    record.error,
-                    i64::from(record.attempts),
-                    to_unix_millis(record.started_at),
-                    to_unix_millis(record.finished_at),
-                    i64::try_from(record.duration_ms).unwrap_or(i64::MAX),
-                ]);
-                match inserted {
-                    Ok(_) => {}
-                    Err(e) if is_constraint(&e, ffi::SQLITE_CONSTRAINT_UNIQUE) => {
-                        return Err(StoreError::DuplicateStage {
-                            run_id,
-                            stage: record.stage.clone(),
-                        })
-                    }
-                    Err(e) => return Err(self.err("inserting a stage record", e)),
-                }
-            }
-            tx.prepare_cached("UPDATE runs SET updated_at = ?1 WHERE id = ?2")
-                .and_then(|mut stmt| stmt.execute(params![to_unix_millis(SystemTime::now()), run]))
-                .map_err(|e| self.err("updating the run's time", e))?;
-            Ok(())
-        })
-    }
-
     fn decode_run(&self, row: &Row<'_>) -> Result<RunRecord, StoreError> {
         let get_err = |e| self.err("reading a run", e);
         let id_text = text(row, 0).map_err(get_err)?;
@@ -719,16 +659,68 @@ impl RunStore for SqliteStore {
         Ok(())
     }
 
-    fn record_stages(&self, run_id: Uuid, stages: &[StageRecord]) -> Result<(), StoreError> {
-        self.record(run_id, stages, false)
-    }
-
-    fn record_stages_replace(
+    fn commit_stages(
         &self,
         run_id: Uuid,
         stages: &[StageRecord],
+        existing: OnRecorded,
     ) -> Result<(), StoreError> {
-        self.record(run_id, stages, true)
+        self.in_run(run_id, Some("committing stage records"), |tx, run| {
+            let first_seq: i64 = tx
+                .prepare_cached("SELECT coalesce(max(seq) + 1, 0) FROM stages WHERE run = ?1")
+                .and_then(|mut stmt| stmt.query_row([run], |row| row.get(0)))
+                .map_err(|e| self.err("reading the next stage sequence number", e))?;
+            let mut insert = tx
+                .prepare_cached(match existing {
+                    OnRecorded::Refuse => INSERT_STAGE,
+                    OnRecorded::Replace => UPSERT_STAGE,
+                })
+                .map_err(|e| self.err("preparing the stage insert", e))?;
+            for (seq, record) in (first_seq..).zip(stages) {
+                if record.run_id != run_id {
+                    return Err(StoreError::RunMismatch {
+                        run_id,
+                        stage: record.stage.clone(),
+                        record_run_id: record.run_id,
+                    });
+                }
+                let output = match &record.output {
+                    Some(output) => Some(serde_json::to_string(output).map_err(|source| {
+                        StoreError::Serialize {
+                            what: format!("the output of stage `{}` of run {run_id}", record.stage),
+                            source,
+                        }
+                    })?),
+                    None => None,
+                };
+                let inserted = insert.execute(params![
+                    run,
+                    seq,
+                    record.stage,
+                    record.status.as_str(),
+                    output,
+                    record.error,
+                    i64::from(record.attempts),
+                    to_unix_millis(record.started_at),
+                    to_unix_millis(record.finished_at),
+                    i64::try_from(record.duration_ms).unwrap_or(i64::MAX),
+                ]);
+                match inserted {
+                    Ok(_) => {}
+                    Err(e) if is_constraint(&e, ffi::SQLITE_CONSTRAINT_UNIQUE) => {
+                        return Err(StoreError::DuplicateStage {
+                            run_id,
+                            stage: record.stage.clone(),
+                        })
+                    }
+                    Err(e) => return Err(self.err("inserting a stage record", e)),
+                }
+            }
+            tx.prepare_cached("UPDATE runs SET updated_at = ?1 WHERE id = ?2")
+                .and_then(|mut stmt| stmt.execute(params![to_unix_millis(SystemTime::now()), run]))
+                .map_err(|e| self.err("updating the run's time", e))?;
+            Ok(())
+        })
     }
 
     fn load_stages(&self, run_id: Uuid) -> Result<Vec<StageRecord>, StoreError> {

@@ -215,20 +215,28 @@ fn truncated_database_is_reported_corrupt() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
-    let before = fs::read(&path).unwrap();
-
-    // Checked on open: refused at once.
-    let err = SqliteStore::open_with(&path, SqliteOptions::new().check_on_open(true)).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    // Checked on open, refused at once; unchecked, the first read of a missing page fails.
+    let err = assert_corrupt_and_untouched(&path);
     assert!(err.to_string().contains("truncated.db"), "{err}");
-    // Unchecked: the first read of a missing page fails.
-    let err = open_and_read_all(&path, SqliteOptions::new()).unwrap_err();
+}
+
+/// Opening the damaged store at `path` is refused as corrupt when checked on open, reading it
+/// all fails as corrupt when not, and neither writes to the file. Returns the first error.
+fn assert_corrupt_and_untouched(path: &Path) -> StoreError {
+    let before = fs::read(path).unwrap();
+    let err = SqliteStore::open_with(path, SqliteOptions::new().check_on_open(true)).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    let unchecked = open_and_read_all(path, SqliteOptions::new()).unwrap_err();
+    assert!(
+        matches!(unchecked, StoreError::Corrupt { .. }),
+        "{unchecked:?}"
+    );
     assert_eq!(
-        fs::read(&path).unwrap(),
+        fs::read(path).unwrap(),
         before,
         "a damaged file was rewritten"
     );
+    err
 }
 
 #[test]
@@ -241,17 +249,7 @@ fn overwritten_pages_are_reported_corrupt() {
     file.seek(SeekFrom::Start(len / 2 - 4096)).unwrap();
     file.write_all(&vec![0xA5; 3 * 4096]).unwrap();
     drop(file);
-    let before = fs::read(&path).unwrap();
-
-    let err = SqliteStore::open_with(&path, SqliteOptions::new().check_on_open(true)).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
-    let err = open_and_read_all(&path, SqliteOptions::new()).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
-    assert_eq!(
-        fs::read(&path).unwrap(),
-        before,
-        "a damaged file was rewritten"
-    );
+    assert_corrupt_and_untouched(&path);
 }
 
 #[test]

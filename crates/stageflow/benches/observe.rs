@@ -15,59 +15,25 @@
 //! at 20,000. `cargo run --release -p stageflow --example observe_overhead` gives the same ratios
 //! up to 1,000,000 stages.
 
+#[path = "../examples/support/mod.rs"]
+mod overhead;
 mod support;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use stageflow::observe::{JsonlSink, ProgressObserver, WhenFull};
+use stageflow::observe::JsonlSink;
 use stageflow::{Retention, RunOptions};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Metadata, Subscriber};
 
+use overhead::{all_on, events_sink, NoopSubscriber};
 use support::{chain_graph, runtime};
 
 const SIZES: [usize; 2] = [2_000, 20_000];
-
-/// Interested in everything, does nothing: the cost of creating and entering spans.
-struct NoopSubscriber;
-
-impl Subscriber for NoopSubscriber {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, _: &Event<'_>) {}
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
-}
 
 /// Runs that share one sink before the benchmark replaces it (truncating the file, outside the
 /// timing): a service keeps its sink, so its buffers and thread are warm; 200 runs of 20,000
 /// stages write under 2 GB.
 const RUNS_PER_SINK: u64 = 200;
-
-/// A sink writing to `path` (truncated), lossless.
-fn sink(path: &PathBuf, fsync: bool) -> JsonlSink {
-    JsonlSink::builder()
-        .when_full(WhenFull::Block)
-        .fsync(fsync)
-        .create(path)
-        .expect("create the events file")
-}
-
-/// Everything on: events into `sink`, spans (when a subscriber is set), progress.
-fn all_on(sink: &JsonlSink) -> RunOptions {
-    let (progress, _rx) = ProgressObserver::watch();
-    RunOptions::new()
-        .events(sink.clone())
-        .progress(progress.every(Duration::from_millis(100)))
-}
 
 fn observe(c: &mut Criterion) {
     let rt = runtime();
@@ -90,7 +56,7 @@ fn observe(c: &mut Criterion) {
                             None => RunOptions::new(),
                             Some(fsync) => {
                                 if i % RUNS_PER_SINK == 0 {
-                                    current = Some(sink(&path, fsync));
+                                    current = Some(events_sink(&path, fsync));
                                 }
                                 all_on(current.as_ref().expect("a sink"))
                             }

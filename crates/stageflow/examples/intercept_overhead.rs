@@ -11,12 +11,15 @@
 //! Runs alternate between the variants so that drift (frequency scaling, other load) hits all
 //! of them alike.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use stageflow::intercept::{
     CircuitBreaker, ConcurrencyLimit, RateLimit, Retry, RetryPolicy, Timeout,
 };
-use stageflow::{Graph, Pipeline, Retention, RunOptions, StageContext, StageOutput, StageSpec};
+use stageflow::{Graph, Pipeline, Retention, RunOptions};
+use support::{median, noop_stage};
 
 fn chain(n: usize, stack: usize) -> Graph {
     let mut p = Pipeline::builder("overhead");
@@ -31,18 +34,9 @@ fn chain(n: usize, stack: usize) -> Graph {
             .intercept(ConcurrencyLimit::per_stage(8))
             .intercept(RateLimit::per_stage(1_000_000, Duration::from_secs(1)).burst(1_000));
     }
-    p.with_linear_chain(n, |i| {
-        StageSpec::new(format!("stage_{i}"), |_ctx: StageContext| async {
-            StageOutput::ok()
-        })
-    })
-    .build()
-    .expect("valid chain")
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    p.with_linear_chain(n, noop_stage)
+        .build()
+        .expect("valid chain")
 }
 
 fn main() {

@@ -14,44 +14,19 @@
 //!
 //! Outputs are retained for sink stages only (`Retention::Sinks`), so memory stays flat.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use stageflow::observe::{JsonlSink, ProgressObserver, WhenFull};
-use stageflow::{Graph, Pipeline, Retention, RunOptions, StageContext, StageOutput, StageSpec};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Metadata, Subscriber};
+mod support;
 
-/// Interested in everything, does nothing.
-struct NoopSubscriber;
-
-impl Subscriber for NoopSubscriber {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, _: &Event<'_>) {}
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
-}
+use stageflow::observe::ProgressObserver;
+use stageflow::{Graph, Pipeline, Retention, RunOptions};
+use support::{all_on, events_sink, median, noop_stage, NoopSubscriber};
 
 fn chain(n: usize) -> Graph {
     Pipeline::builder("overhead")
-        .with_linear_chain(n, |i| {
-            StageSpec::new(format!("stage_{i}"), |_ctx: StageContext| async {
-                StageOutput::ok()
-            })
-        })
+        .with_linear_chain(n, noop_stage)
         .build()
         .expect("valid chain")
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// One configuration to time: a tracing dispatcher (none, the no-op subscriber or a registry)
@@ -127,22 +102,11 @@ fn measure(
 /// sink serves every run, as in a service that keeps its sink (its buffers are warm and the file
 /// grows by a few MB); longer chains get a fresh sink (file truncated) per run, so runs do not
 /// pile gigabytes into one file.
-fn all_on(path: std::path::PathBuf, fsync: bool, n: usize) -> impl FnMut() -> RunOptions {
-    let make_sink = move || {
-        JsonlSink::builder()
-            .when_full(WhenFull::Block)
-            .fsync(fsync)
-            .create(&path)
-            .expect("create the events file")
-    };
-    let shared = (n < 100_000).then(&make_sink);
+fn all_on_runs(path: std::path::PathBuf, fsync: bool, n: usize) -> impl FnMut() -> RunOptions {
+    let shared = (n < 100_000).then(|| events_sink(&path, fsync));
     move || {
-        let sink = shared.clone().unwrap_or_else(&make_sink);
-        let (progress, _rx) = ProgressObserver::watch();
-        RunOptions::new()
-            .events(sink)
-            .tracing(true)
-            .progress(progress.every(Duration::from_millis(100)))
+        let sink = shared.clone().unwrap_or_else(|| events_sink(&path, fsync));
+        all_on(&sink).tracing(true)
     }
 }
 
@@ -157,12 +121,9 @@ fn parts(rt: &tokio::runtime::Runtime, g: &Graph, runs: usize, path: &std::path:
         );
     };
     row("jsonl events", &mut || {
-        let sink = JsonlSink::builder()
-            .when_full(WhenFull::Block)
-            .fsync(false)
-            .create(path)
-            .expect("create the events file");
-        RunOptions::new().events(sink).tracing(false)
+        RunOptions::new()
+            .events(events_sink(path, false))
+            .tracing(false)
     });
     row("channel sink events", &mut || {
         RunOptions::new()
@@ -219,17 +180,17 @@ fn main() {
             config(
                 "all-on (no fsync)",
                 noop.clone(),
-                Box::new(all_on(file("nofsync"), false, n)),
+                Box::new(all_on_runs(file("nofsync"), false, n)),
             ),
             config(
                 "all-on (fsync)",
                 noop.clone(),
-                Box::new(all_on(file("fsync"), true, n)),
+                Box::new(all_on_runs(file("fsync"), true, n)),
             ),
             config(
                 "all-on+registry (no fsync)",
                 tracing::Dispatch::new(tracing_subscriber::registry()),
-                Box::new(all_on(file("registry"), false, n)),
+                Box::new(all_on_runs(file("registry"), false, n)),
             ),
         ];
         measure_interleaved(&rt, g, runs, &mut configs);

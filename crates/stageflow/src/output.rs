@@ -434,9 +434,11 @@ impl StageOutput {
         self.extras.as_deref().map_or(1, |x| x.attempts.max(1))
     }
 
-    /// Sets [`attempts`](Self::attempts); a no-op for 1 on an output without extras.
-    pub(crate) fn set_attempts(&mut self, attempts: u32) {
-        if attempts > 1 || self.extras.is_some() {
+    /// Counts `more` executions in [`attempts`](Self::attempts) (a retry's, or a guard
+    /// retry's re-runs); nothing for 0, so an output without them stays without extras.
+    pub(crate) fn add_attempts(&mut self, more: u32) {
+        if more > 0 {
+            let attempts = self.attempts() + more;
             self.extras_mut().attempts = attempts;
         }
     }

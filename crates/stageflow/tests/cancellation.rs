@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use stageflow::{
-    CancellationToken, Pipeline, RunOptions, RunStatus, StageContext, StageError, StageOutput,
-    StageSpec,
+    CancellationToken, Graph, Pipeline, RunOptions, RunReport, RunStatus, StageContext, StageError,
+    StageOutput, StageSpec,
 };
 
 type Log = Arc<Mutex<Vec<String>>>;
@@ -36,6 +36,23 @@ fn working(
             StageOutput::ok()
         })
     }
+}
+
+/// Runs `graph`, cancelling it through its token `after` into the run.
+async fn run_cancelled_after(graph: &Graph, after: Duration) -> RunReport {
+    let token = CancellationToken::new();
+    let canceller = {
+        let token = token.clone();
+        async move {
+            tokio::time::sleep(after).await;
+            token.cancel();
+        }
+    };
+    let (report, ()) = tokio::join!(
+        graph.run_with((), RunOptions::new().cancel_token(token)),
+        canceller
+    );
+    report.unwrap()
 }
 
 fn entries(log: &Log, prefix: &str) -> Vec<String> {
@@ -112,20 +129,8 @@ async fn cancel_a_wide_pipeline() {
         )
         .build()
         .unwrap();
-    let token = CancellationToken::new();
-    let canceller = {
-        let token = token.clone();
-        async move {
-            // w00 (1 s) and w01 (2 s) finish; the others are running at 2.5 s.
-            tokio::time::sleep(Duration::from_millis(2510)).await;
-            token.cancel();
-        }
-    };
-    let (report, ()) = tokio::join!(
-        graph.run_with((), RunOptions::new().cancel_token(token.clone())),
-        canceller
-    );
-    let report = report.unwrap();
+    // w00 (1 s) and w01 (2 s) finish; the others are running at 2.5 s.
+    let report = run_cancelled_after(&graph, Duration::from_millis(2510)).await;
     assert!(matches!(
         report.status(),
         RunStatus::Cancelled { stage: None, .. }
@@ -155,19 +160,7 @@ async fn cancel_a_deep_pipeline() {
         })
         .build()
         .unwrap();
-    let token = CancellationToken::new();
-    let canceller = {
-        let token = token.clone();
-        async move {
-            tokio::time::sleep(Duration::from_millis(550)).await;
-            token.cancel();
-        }
-    };
-    let (report, ()) = tokio::join!(
-        graph.run_with((), RunOptions::new().cancel_token(token.clone())),
-        canceller
-    );
-    let report = report.unwrap();
+    let report = run_cancelled_after(&graph, Duration::from_millis(550)).await;
     let started = entries(&log, "start ");
     assert_eq!(started, ["s00", "s01", "s02", "s03", "s04", "s05"]);
     let done: Vec<&str> = report.results().names().collect();

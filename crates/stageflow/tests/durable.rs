@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use stageflow::durable::{Checkpoint, Durability, DurableError};
 use stageflow::segment::SegmentPlan;
-use stageflow::store::{MemoryStore, RunRecord, RunState, RunStore, StageRecord, StoreError};
+use stageflow::store::{
+    MemoryStore, OnRecorded, RunRecord, RunState, RunStore, StageRecord, StoreError,
+};
 use stageflow::{
     Graph, Pipeline, Retention, RunIdentity, RunOptions, StageContext, StageOutput, StageSpec,
 };
@@ -311,7 +313,12 @@ impl RunStore for Flaky {
     ) -> Result<(), StoreError> {
         self.inner.update_run_status(run_id, status, error)
     }
-    fn record_stages(&self, run_id: uuid::Uuid, stages: &[StageRecord]) -> Result<(), StoreError> {
+    fn commit_stages(
+        &self,
+        run_id: uuid::Uuid,
+        stages: &[StageRecord],
+        existing: OnRecorded,
+    ) -> Result<(), StoreError> {
         let left = self.budget.load(Ordering::SeqCst);
         if stages.len() > left {
             return Err(StoreError::Io {
@@ -321,14 +328,7 @@ impl RunStore for Flaky {
             });
         }
         self.budget.fetch_sub(stages.len(), Ordering::SeqCst);
-        self.inner.record_stages(run_id, stages)
-    }
-    fn record_stages_replace(
-        &self,
-        run_id: uuid::Uuid,
-        stages: &[StageRecord],
-    ) -> Result<(), StoreError> {
-        self.inner.record_stages_replace(run_id, stages)
+        self.inner.commit_stages(run_id, stages, existing)
     }
     fn load_stages(&self, run_id: uuid::Uuid) -> Result<Vec<StageRecord>, StoreError> {
         self.inner.load_stages(run_id)

@@ -86,6 +86,20 @@ pub(crate) fn parse_condition(s: &str, pos: &StrPos) -> Result<Expr, (String, Sp
 
 type Located<T> = (T, std::ops::Range<usize>);
 
+/// The operator or bracket `rest` starts with, and its length (`!=` before `!`).
+fn operator(rest: &[u8]) -> Option<(Tok, usize)> {
+    Some(match rest {
+        [b'&', b'&', ..] => (Tok::And, 2),
+        [b'|', b'|', ..] => (Tok::Or, 2),
+        [b'=', b'=', ..] => (Tok::Eq, 2),
+        [b'!', b'=', ..] => (Tok::Ne, 2),
+        [b'!', ..] => (Tok::Not, 1),
+        [b'(', ..] => (Tok::LParen, 1),
+        [b')', ..] => (Tok::RParen, 1),
+        _ => return None,
+    })
+}
+
 fn lex(s: &str) -> Result<Vec<Located<Tok>>, Located<String>> {
     let b = s.as_bytes();
     let mut out = Vec::new();
@@ -93,39 +107,15 @@ fn lex(s: &str) -> Result<Vec<Located<Tok>>, Located<String>> {
     while i < b.len() {
         let c = b[i];
         let start = i;
-        let two = |t: &[u8]| b[i..].starts_with(t);
+        if let Some((tok, len)) = operator(&b[i..]) {
+            i += len;
+            out.push((tok, start..i));
+            continue;
+        }
         let tok = match c {
             b' ' | b'\t' | b'\n' | b'\r' => {
                 i += 1;
                 continue;
-            }
-            b'(' => {
-                i += 1;
-                Tok::LParen
-            }
-            b')' => {
-                i += 1;
-                Tok::RParen
-            }
-            _ if two(b"&&") => {
-                i += 2;
-                Tok::And
-            }
-            _ if two(b"||") => {
-                i += 2;
-                Tok::Or
-            }
-            _ if two(b"==") => {
-                i += 2;
-                Tok::Eq
-            }
-            _ if two(b"!=") => {
-                i += 2;
-                Tok::Ne
-            }
-            b'!' => {
-                i += 1;
-                Tok::Not
             }
             b'\'' | b'"' => {
                 let Some(len) = s[i + 1..].find(c as char) else {

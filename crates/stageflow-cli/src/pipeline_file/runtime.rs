@@ -630,13 +630,13 @@ fn report_cleanup(
         } else {
             "cleanup.completed"
         };
-        let mut event = ev
-            .event(EventKind::Custom(kind.into()), run.loaded.name())
-            .with_duration(duration)
-            .with_data(json!({ "command": command }));
-        if let Some(stage) = &stage {
-            event = event.with_stage(stage.as_str(), stageflow::StageKind::Work);
+        let (kind, pipeline) = (EventKind::Custom(kind.into()), run.loaded.name());
+        let mut event = match &stage {
+            Some(stage) => ev.stage_event(kind, pipeline, stage),
+            None => ev.event(kind, pipeline),
         }
+        .with_duration(duration)
+        .with_data(json!({ "command": command }));
         event.error.clone_from(&error);
         event
     });

@@ -108,26 +108,27 @@ pub fn run_path(args: &[&str], file: &Path) -> Output {
     cmd.output().unwrap()
 }
 
-/// `stageflow run FILE ARGS --events EVENTS` (from [`bin`]), to completion.
-pub fn run_with_events(file: &Path, args: &[&str], events: &Path) -> Output {
-    bin()
-        .arg("run")
+/// `stageflow run FILE ARGS --events EVENTS` (from [`bin`]).
+fn run_command_with_events(file: &Path, args: &[&str], events: &Path) -> Command {
+    let mut cmd = bin();
+    cmd.arg("run")
         .arg(file)
         .args(args)
         .arg("--events")
-        .arg(events)
+        .arg(events);
+    cmd
+}
+
+/// `stageflow run FILE ARGS --events EVENTS`, to completion.
+pub fn run_with_events(file: &Path, args: &[&str], events: &Path) -> Output {
+    run_command_with_events(file, args, events)
         .output()
         .unwrap()
 }
 
-/// Starts `stageflow run FILE ARGS --events EVENTS` (from [`bin`]) with stdout and stderr piped.
+/// Starts `stageflow run FILE ARGS --events EVENTS` with stdout and stderr piped.
 pub fn spawn_with_events(file: &Path, args: &[&str], events: &Path) -> Child {
-    bin()
-        .arg("run")
-        .arg(file)
-        .args(args)
-        .arg("--events")
-        .arg(events)
+    run_command_with_events(file, args, events)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -160,13 +160,6 @@ struct GuardTimeLimit {
     limit: Duration,
 }
 
-/// Counts a guard retry's `reruns` in `out`'s attempts.
-fn count_reruns(out: &mut StageOutput, reruns: u32) {
-    if reruns > 0 {
-        out.set_attempts(out.attempts() + reruns);
-    }
-}
-
 fn failure_message(finished: &Finished) -> Option<String> {
     match finished {
         Finished::Returned(Ok(out)) if out.status().is_failure() => {
@@ -233,7 +226,7 @@ impl Run {
             // count every execution the guard retry made.
             let mut finished = finished;
             if let Finished::Returned(Ok(out)) = &mut finished {
-                count_reruns(out, self.guard_state(i).failures);
+                out.add_attempts(self.guard_state(i).failures);
             }
             let producer = plan.producer;
             if let (Some(ext), Some(output)) = (
@@ -335,7 +328,7 @@ impl Run {
         let same = plan.policy.stagnation
             && serde_json::to_string(&*inputs[pos]).ok() == serde_json::to_string(&output).ok();
         let mut output = output;
-        count_reruns(&mut output, st.failures);
+        output.add_attempts(st.failures);
         let output = Arc::new(output);
         inputs[pos] = output.clone();
         st.guard_inputs = Some(inputs.clone());

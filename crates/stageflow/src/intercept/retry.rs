@@ -298,9 +298,7 @@ impl Interceptor for Retry {
 /// `result` with the executions it took (summed with any inner retry's), for the stage record.
 fn counted(result: StageResult, attempts: u32) -> StageResult {
     result.map(|mut out| {
-        if attempts > 1 {
-            out.set_attempts(out.attempts() + attempts - 1);
-        }
+        out.add_attempts(attempts - 1);
         out
     })
 }

@@ -150,12 +150,9 @@ impl ObsShared {
         ok
     }
 
+    /// An event of this run, stamped now on the run's clock.
     pub(crate) fn event(&self, kind: EventKind) -> Event {
-        let l = &self.labels;
-        let mut event = Event::new(kind, l.run_id, l.pipeline.clone());
-        event.parent_run_id = l.parent_run_id;
-        event.root_run_id = l.root_run_id;
-        event
+        self.labels.event_at(kind, self.now_ns())
     }
 
     fn progress(&self, total: u64, elapsed: Duration, done: bool) -> Progress {
@@ -431,28 +428,14 @@ impl Observer {
 
     fn emit(&mut self, event: Event) {
         if let Some(sink) = &self.shared.sink {
-            if sink.try_emit(event) {
-                self.emitted += 1;
-            } else {
-                self.dropped += 1;
-            }
+            let accepted = sink.try_emit(event);
+            self.count(accepted);
         }
     }
 
-    /// Emits a stage event: as a note into a JSON Lines sink (its writer builds the event), as
-    /// an event into any other.
+    /// Counts an event the sink accepted or refused.
     #[inline(always)]
-    fn emit_note(&mut self, note: StageNote) {
-        let accepted = match &self.fast {
-            Some(fast) => fast.sink.try_emit_note(note),
-            None => {
-                let event = note.event_in(&self.shared.labels);
-                match &self.shared.sink {
-                    Some(sink) => sink.try_emit(event),
-                    None => return,
-                }
-            }
-        };
+    fn count(&mut self, accepted: bool) {
         if accepted {
             self.emitted += 1;
         } else {
@@ -460,9 +443,36 @@ impl Observer {
         }
     }
 
+    /// Emits a stage event: as a note into a JSON Lines sink (its writer builds the event), as
+    /// an event into any other.
+    #[inline(always)]
+    fn emit_note(&mut self, note: StageNote) {
+        match &self.fast {
+            Some(fast) => {
+                let accepted = fast.sink.try_emit_note(note);
+                self.count(accepted);
+            }
+            None => self.emit(note.event_in(&self.shared.labels)),
+        }
+    }
+
+    /// A note for stage `idx`'s event `kind` at `at_ns` (no duration or allocation yet).
+    #[inline(always)]
+    fn note(&self, idx: u32, kind: NoteKind, status: &'static str, at_ns: u64) -> StageNote {
+        StageNote {
+            run: self.fast.as_ref().map_or(0, |f| f.run),
+            idx,
+            kind,
+            status,
+            at_ns,
+            duration: None,
+            allocated_bytes: None,
+        }
+    }
+
     fn emit_run(&mut self, kind: EventKind, fill: impl FnOnce(&mut Event)) {
         if self.shared.sink.is_some() {
-            let mut event = self.shared.labels.event_at(kind, self.shared.now_ns());
+            let mut event = self.shared.event(kind);
             fill(&mut event);
             self.emit(event);
         }
@@ -536,15 +546,8 @@ impl Observer {
             let now = self.start_ns(idx);
             self.starts[idx as usize] = now + 1;
             if self.shared.sink.is_some() {
-                self.emit_note(StageNote {
-                    run: self.fast.as_ref().map_or(0, |f| f.run),
-                    idx,
-                    kind: NoteKind::Started,
-                    status: "running",
-                    at_ns: now,
-                    duration: None,
-                    allocated_bytes: None,
-                });
+                let note = self.note(idx, NoteKind::Started, "running", now);
+                self.emit_note(note);
             }
         }
         let counted = self.shared.alloc_counter.is_some();
@@ -626,23 +629,15 @@ impl Observer {
                     StageStatus::Cancel => NoteKind::Cancelled,
                     StageStatus::Fail | StageStatus::Retry => NoteKind::Failed,
                 },
-                out.message(),
+                out.message().map(str::to_owned),
             ),
-            Outcome::Error(_) => (NoteKind::Failed, None),
-            Outcome::Panic(m) | Outcome::Condition(m) => (NoteKind::Failed, Some(*m)),
+            Outcome::Error(e) => (NoteKind::Failed, Some(e.to_string())),
+            Outcome::Panic(m) | Outcome::Condition(m) => (NoteKind::Failed, Some((*m).to_owned())),
         };
         let note = StageNote {
-            run: self.fast.as_ref().map_or(0, |f| f.run),
-            idx,
-            kind,
-            status: outcome_status(&outcome),
-            at_ns: now,
             duration,
             allocated_bytes: allocated,
-        };
-        let error = match &outcome {
-            Outcome::Error(e) => Some(e.to_string()),
-            _ => error.map(str::to_owned),
+            ..self.note(idx, kind, outcome_status(&outcome), now)
         };
         if error.is_none() && !self.wide.stage {
             return self.emit_note(note);
@@ -922,9 +917,7 @@ async fn sample(
                     stages: names,
                 };
                 if shared.sink.is_some() {
-                    let mut event = shared
-                        .labels
-                        .event_at(EventKind::PipelineStalled, shared.now_ns());
+                    let mut event = shared.event(EventKind::PipelineStalled);
                     event.status = Some(Cow::Borrowed("stalled"));
                     event.data = json!({
                         "idle_ms": idle_for.as_secs_f64() * 1e3,

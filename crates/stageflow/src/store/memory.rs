@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::error::StoreError;
 use super::record::{now_millis, RunRecord, RunState, StageRecord};
-use super::RunStore;
+use super::{OnRecorded, RunStore};
 
 /// A [`RunStore`] held in memory, with exactly the semantics of
 /// `stageflow_store::SqliteStore`: the same errors
@@ -61,51 +61,6 @@ impl MemoryStore {
             .write()
             .unwrap_or_else(|poison| poison.into_inner())
     }
-
-    fn record(
-        &self,
-        run_id: Uuid,
-        stages: &[StageRecord],
-        replace: bool,
-    ) -> Result<(), StoreError> {
-        let mut runs = self.write();
-        let run = runs
-            .get_mut(&run_id)
-            .ok_or(StoreError::RunNotFound(run_id))?;
-        // Validate the whole batch first: a batch is recorded entirely or not at all.
-        let mut in_batch = HashSet::with_capacity(stages.len());
-        for record in stages {
-            if record.run_id != run_id {
-                return Err(StoreError::RunMismatch {
-                    run_id,
-                    stage: record.stage.clone(),
-                    record_run_id: record.run_id,
-                });
-            }
-            if !replace
-                && (run.positions.contains_key(&record.stage)
-                    || !in_batch.insert(record.stage.as_str()))
-            {
-                return Err(StoreError::DuplicateStage {
-                    run_id,
-                    stage: record.stage.clone(),
-                });
-            }
-        }
-        run.stages.reserve(stages.len());
-        for record in stages {
-            let record = record.clone().normalized();
-            match run.positions.get(&record.stage) {
-                Some(&at) => run.stages[at] = record,
-                None => {
-                    run.positions.insert(record.stage.clone(), run.stages.len());
-                    run.stages.push(record);
-                }
-            }
-        }
-        run.record.updated_at = now_millis();
-        Ok(())
-    }
 }
 
 impl RunStore for MemoryStore {
@@ -157,16 +112,50 @@ impl RunStore for MemoryStore {
         Ok(())
     }
 
-    fn record_stages(&self, run_id: Uuid, stages: &[StageRecord]) -> Result<(), StoreError> {
-        self.record(run_id, stages, false)
-    }
-
-    fn record_stages_replace(
+    fn commit_stages(
         &self,
         run_id: Uuid,
         stages: &[StageRecord],
+        existing: OnRecorded,
     ) -> Result<(), StoreError> {
-        self.record(run_id, stages, true)
+        let replace = existing == OnRecorded::Replace;
+        let mut runs = self.write();
+        let run = runs
+            .get_mut(&run_id)
+            .ok_or(StoreError::RunNotFound(run_id))?;
+        // Validate the whole batch first: a batch is recorded entirely or not at all.
+        let mut in_batch = HashSet::with_capacity(stages.len());
+        for record in stages {
+            if record.run_id != run_id {
+                return Err(StoreError::RunMismatch {
+                    run_id,
+                    stage: record.stage.clone(),
+                    record_run_id: record.run_id,
+                });
+            }
+            if !replace
+                && (run.positions.contains_key(&record.stage)
+                    || !in_batch.insert(record.stage.as_str()))
+            {
+                return Err(StoreError::DuplicateStage {
+                    run_id,
+                    stage: record.stage.clone(),
+                });
+            }
+        }
+        run.stages.reserve(stages.len());
+        for record in stages {
+            let record = record.clone().normalized();
+            match run.positions.get(&record.stage) {
+                Some(&at) => run.stages[at] = record,
+                None => {
+                    run.positions.insert(record.stage.clone(), run.stages.len());
+                    run.stages.push(record);
+                }
+            }
+        }
+        run.record.updated_at = now_millis();
+        Ok(())
     }
 
     fn load_stages(&self, run_id: Uuid) -> Result<Vec<StageRecord>, StoreError> {

@@ -53,6 +53,17 @@ pub use record::{
     from_unix_millis, to_unix_millis, ParseRunStateError, RunRecord, RunState, StageRecord,
 };
 
+/// What [`RunStore::commit_stages`] does with a stage that already has a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnRecorded {
+    /// Fail with [`StoreError::DuplicateStage`], recording nothing
+    /// ([`record_stages`](RunStore::record_stages)).
+    Refuse,
+    /// Replace the record, keeping its place
+    /// ([`record_stages_replace`](RunStore::record_stages_replace)).
+    Replace,
+}
+
 /// Storage for runs and their committed stage records.
 ///
 /// Implementations are `Send + Sync` and synchronous: the executor shares one as an
@@ -113,7 +124,11 @@ pub trait RunStore: Send + Sync {
     ///   twice in the batch (this is what makes recording exactly-once).
     ///
     /// With several offending records, the error names the first in batch order.
-    fn record_stages(&self, run_id: Uuid, stages: &[StageRecord]) -> Result<(), StoreError>;
+    ///
+    /// Provided: [`commit_stages`](Self::commit_stages) with [`OnRecorded::Refuse`].
+    fn record_stages(&self, run_id: Uuid, stages: &[StageRecord]) -> Result<(), StoreError> {
+        self.commit_stages(run_id, stages, OnRecorded::Refuse)
+    }
 
     /// Like [`record_stages`](Self::record_stages), but a stage that is already recorded has its
     /// record **replaced** (it keeps its place in [`load_stages`](Self::load_stages) order); a
@@ -124,8 +139,26 @@ pub trait RunStore: Send + Sync {
     /// them), the new outcome replaces the failure, with `attempts` set by the caller (typically
     /// the old record's `attempts + 1`). The executor must not use it for stages it did not
     /// decide to re-run, or exactly-once recording is lost.
-    fn record_stages_replace(&self, run_id: Uuid, stages: &[StageRecord])
-        -> Result<(), StoreError>;
+    ///
+    /// Provided: [`commit_stages`](Self::commit_stages) with [`OnRecorded::Replace`].
+    fn record_stages_replace(
+        &self,
+        run_id: Uuid,
+        stages: &[StageRecord],
+    ) -> Result<(), StoreError> {
+        self.commit_stages(run_id, stages, OnRecorded::Replace)
+    }
+
+    /// The one primitive behind [`record_stages`](Self::record_stages) and
+    /// [`record_stages_replace`](Self::record_stages_replace), which a store implements: commits
+    /// `stages` in one transaction, doing `existing` with a stage already recorded. Call those
+    /// two rather than this.
+    fn commit_stages(
+        &self,
+        run_id: Uuid,
+        stages: &[StageRecord],
+        existing: OnRecorded,
+    ) -> Result<(), StoreError>;
 
     /// Every committed stage record of the run, in the order the stages were first recorded.
     fn load_stages(&self, run_id: Uuid) -> Result<Vec<StageRecord>, StoreError>;
@@ -188,15 +221,13 @@ macro_rules! forward_run_store {
             ) -> Result<(), StoreError> {
                 (**self).update_run_status(run_id, status, error)
             }
-            fn record_stages(&self, run_id: Uuid, stages: &[StageRecord]) -> Result<(), StoreError> {
-                (**self).record_stages(run_id, stages)
-            }
-            fn record_stages_replace(
+            fn commit_stages(
                 &self,
                 run_id: Uuid,
                 stages: &[StageRecord],
+                existing: OnRecorded,
             ) -> Result<(), StoreError> {
-                (**self).record_stages_replace(run_id, stages)
+                (**self).commit_stages(run_id, stages, existing)
             }
             fn load_stages(&self, run_id: Uuid) -> Result<Vec<StageRecord>, StoreError> {
                 (**self).load_stages(run_id)

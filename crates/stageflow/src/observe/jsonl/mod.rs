@@ -485,21 +485,18 @@ impl EventSink for JsonlSink {
                 Err(std::sync::TryLockError::WouldBlock) => None,
             };
             if let Some(mut writing) = writing {
-                if inner.lock().closed {
-                    return stored_result(&inner.lock().error);
+                {
+                    let st = inner.lock();
+                    if st.closed {
+                        return stored_result(&st.error);
+                    }
                 }
-                let taken = writing.take_and_write(inner, |_, _| false);
-                drop(writing);
-                // Flush requests it took (from other callers) are answered as the writer would.
-                let error = inner.lock().error.clone();
-                for f in taken.flushers {
-                    let _ = f.send(stored_result(&error));
-                }
-                if taken.closing {
+                if writing.take_and_write(inner, false).closing {
                     // `close` is in progress: let the writer thread finish it.
                     inner.work.notify_one();
                 }
-                return stored_result(&error);
+                drop(writing);
+                return stored_result(&inner.lock().error);
             }
         }
         let rx = {

@@ -123,14 +123,10 @@ impl Writing {
         }
     }
 
-    /// Takes everything waiting in the queue and writes it out (syncing if `sync`). Returns
-    /// whether anything was taken, the flush requests made before it, and whether the sink is
-    /// closing. Callers hold this `Writing`, so batches reach the output in queue order.
-    pub(super) fn take_and_write(
-        &mut self,
-        inner: &Inner,
-        sync: impl FnOnce(bool, bool) -> bool,
-    ) -> Taken {
+    /// Takes everything waiting in the queue, writes it out, and answers the flush requests made
+    /// before it. Syncs the output if `sync_on_request` and a flush or the close asked for it.
+    /// Callers hold this `Writing`, so batches reach the output in queue order.
+    pub(super) fn take_and_write(&mut self, inner: &Inner, sync_on_request: bool) -> Taken {
         let (flushers, closing, failed) = {
             // `wake` is left as it is: the writer thread, if it sleeps, still needs waking.
             let mut st = inner.lock();
@@ -143,13 +139,15 @@ impl Writing {
         };
         inner.room_async.notify_waiters();
         let took = !self.batch.is_empty();
-        let sync = sync(!flushers.is_empty(), closing);
+        let sync = sync_on_request && (!flushers.is_empty() || closing);
         self.write_batch(inner, failed, sync);
-        Taken {
-            took,
-            flushers,
-            closing,
+        if !flushers.is_empty() {
+            let error = inner.lock().error.clone();
+            for f in flushers {
+                let _ = f.send(stored_result(&error));
+            }
         }
+        Taken { took, closing }
     }
 
     /// Encodes and writes `self.batch`, then syncs if `sync`; counts its events as written, or
@@ -208,10 +206,11 @@ impl Writing {
     }
 }
 
-/// What [`Writing::take_and_write`] took.
+/// What [`Writing::take_and_write`] found.
 pub(super) struct Taken {
+    /// Something was waiting.
     pub(super) took: bool,
-    pub(super) flushers: Vec<tokio::sync::oneshot::Sender<io::Result<()>>>,
+    /// The sink is closing.
     pub(super) closing: bool,
 }
 
@@ -255,18 +254,8 @@ impl Writer {
                 }
                 st.wake = Wake::No;
             }
-            // A flush request or the end also syncs.
-            let fsync = inner.fsync;
-            let taken = inner
-                .writing()
-                .take_and_write(&inner, |flushing, closing| fsync && (flushing || closing));
+            let taken = inner.writing().take_and_write(&inner, inner.fsync);
             wrote = taken.took;
-            if !taken.flushers.is_empty() {
-                let error = inner.lock().error.clone();
-                for f in taken.flushers {
-                    let _ = f.send(stored_result(&error));
-                }
-            }
             if taken.closing {
                 let mut st = inner.lock();
                 st.closed = true;
