@@ -18,8 +18,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use crate::error::StageError;
-use crate::intercept::TimeoutError;
+use crate::error::{panic_message, StageError, TimeoutError};
 
 /// A cleanup action that failed, panicked or timed out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,10 +118,7 @@ impl CleanupRegistry {
                 Ok(Ok(Ok(()))) => continue,
                 Ok(Ok(Err(e))) => e.to_string(),
                 Ok(Err(_)) => TimeoutError { limit: timeout }.to_string(),
-                Err(payload) => format!(
-                    "panicked: {}",
-                    crate::executor::panic_message(payload.as_ref())
-                ),
+                Err(payload) => format!("panicked: {}", panic_message(payload.as_ref())),
             };
             errors.push(CleanupError {
                 stage,

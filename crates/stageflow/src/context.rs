@@ -17,11 +17,11 @@ use uuid::Uuid;
 
 use crate::cleanup::{CleanupRegistry, IntoCleanupResult};
 use crate::error::{DataError, InputError};
-use crate::graph::GraphInner;
-use crate::observe::runtime::ObsShared;
+use crate::kind::StageKind;
+use crate::observe::emitter::ObsShared;
 use crate::observe::EventKind;
 use crate::output::StageOutput;
-use crate::stage::StageKind;
+use crate::topology::Topology;
 
 /// Who and what a run is for. Every run gets a fresh time-ordered `run_id` (UUIDv7); the other ids
 /// are optional correlation ids supplied by the caller.
@@ -169,7 +169,7 @@ impl RunTimer {
 /// State shared by every stage of one run. Lives in the run, never in the graph, so one graph can
 /// run many times at once.
 pub(crate) struct RunShared {
-    pub(crate) graph: Arc<GraphInner>,
+    pub(crate) topo: Arc<Topology>,
     pub(crate) identity: RunIdentity,
     pub(crate) input: Value,
     pub(crate) cancel: CancellationToken,
@@ -218,17 +218,17 @@ impl StageContext {
 
     /// This stage's name.
     pub fn stage_name(&self) -> &str {
-        self.run.graph.name(self.stage)
+        self.run.topo.name(self.stage)
     }
 
     /// This stage's kind.
     pub fn kind(&self) -> StageKind {
-        self.run.graph.kind(self.stage)
+        self.run.topo.kind(self.stage)
     }
 
     /// The pipeline's name.
     pub fn pipeline_name(&self) -> &str {
-        self.run.graph.pipeline_name()
+        self.run.topo.pipeline_name()
     }
 
     /// The run's identity.
@@ -262,7 +262,7 @@ impl StageContext {
 
     /// Names of this stage's declared dependencies.
     pub fn dependencies(&self) -> impl Iterator<Item = &str> {
-        let graph = &self.run.graph;
+        let graph = &self.run.topo;
         graph.deps(self.stage).iter().map(move |&d| graph.name(d))
     }
 
@@ -273,7 +273,7 @@ impl StageContext {
 
     /// The whole output of the declared dependency `dep`.
     pub fn output_of(&self, dep: &str) -> Result<&StageOutput, InputError> {
-        let graph = &self.run.graph;
+        let graph = &self.run.topo;
         let position = graph
             .index_of(dep)
             .and_then(|idx| graph.deps(self.stage).binary_search(&idx).ok());

@@ -3,9 +3,11 @@
 //! - [`BuildError`] / [`ValidationError`]: the pipeline definition is wrong (found at build time);
 //! - [`StageError`]: a stage's own error, returned with `?` from inside a stage;
 //! - [`InputError`] / [`DataError`]: a stage read an input it may not read, or a value of the wrong type;
-//! - [`RunFailure`](crate::RunFailure) (in [`results`](crate::results)): a run stopped on a failed stage.
+//! - [`RunFailure`](crate::RunFailure) (in [`run`](crate::run)): a run stopped on a failed stage.
 
+use std::any::Any;
 use std::fmt;
+use std::time::Duration;
 
 /// A boxed error that can cross threads.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -299,3 +301,24 @@ impl fmt::Display for BuildError {
 }
 
 impl std::error::Error for BuildError {}
+
+/// A stage (or a cleanup action) ran longer than its time limit: a
+/// [`Timeout`](crate::intercept::Timeout), or [`RunOptions::cleanup_timeout`](crate::RunOptions::cleanup_timeout). Find it in a [`StageError`] with
+/// `error.source().downcast_ref::<TimeoutError>()`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("timed out after {limit:?}")]
+pub struct TimeoutError {
+    /// The limit that was exceeded.
+    pub limit: Duration,
+}
+
+/// The message of a caught panic's payload (`panic!("...")` gives a `&str` or a `String`).
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

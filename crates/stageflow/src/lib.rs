@@ -4,26 +4,25 @@
 //! independent stages run in parallel, and per-stage overhead stays flat from ten stages to ten
 //! million, with no recursion anywhere.
 //!
-//! The pieces, one module each:
-//! - [`stage`]: the [`Stage`] trait (and async closures as stages), [`StageKind`];
-//! - [`output`]: [`StageOutput`], [`StageStatus`] and the serializable [`OutputData`];
-//! - [`context`]: [`StageContext`], what a running stage sees;
-//! - [`pipeline`]: the fluent [`Pipeline`] builder and shape helpers;
-//! - [`graph`]: the validated, immutable [`Graph`];
-//! - [`executor`]: the run loop ([`Graph::run`]);
-//! - [`results`]: [`RunReport`], [`RunFailure`], [`Results`], [`RunOptions`];
-//! - [`error`]: build-time and stage errors;
-//! - [`intercept`]: interceptors around stages, and the built-in timeout, retry, circuit
-//!   breaker, concurrency and rate limits, and idempotency;
-//! - [`cleanup`]: cleanup actions stages register, run when the run ends;
-//! - [`observe`]: lifecycle events and sinks, tracing spans, progress, memory, stall watchdog,
-//!   run summary and wide events.
-//! - [`store`]: the run store trait and records ([`store::RunStore`]), and an in-memory store;
-//!   the SQLite store is in the `stageflow-store` crate;
-//! - [`durable`]: checkpointed runs and resume after a crash ([`Graph::run_durable`],
-//!   [`Graph::resume`]);
-//! - [`subpipeline`]: a stage that runs a child pipeline ([`subpipeline::Subpipeline`]);
-//! - [`segment`]: splitting a pipeline into segments that run (and checkpoint) as units.
+//! The pieces, one module each, from the bottom layer up (a module only uses the ones above it
+//! in this list; `scripts/check-import-cycles` keeps the files free of import cycles):
+//! - the model: [`error`] (build-time and stage errors), [`kind`] ([`StageKind`]), [`output`]
+//!   ([`StageOutput`], [`StageStatus`], [`OutputData`]), [`store`] (the run store trait and
+//!   records, an in-memory store; SQLite is in the `stageflow-store` crate);
+//! - [`observe`]: lifecycle events and sinks, progress, memory, stall watchdog, run summary and
+//!   wide events; it knows no run loop, graph or result;
+//! - [`context`] ([`StageContext`], what a running stage sees), [`cleanup`] (actions stages
+//!   register, run when the run ends) and [`stage`] (the [`Stage`] trait; async closures are
+//!   stages);
+//! - [`intercept`]: interceptors around stages, and the built-in timeout, retry, circuit breaker,
+//!   concurrency and rate limits, idempotency and guard retry;
+//! - the definition: [`spec`] ([`StageSpec`]), [`pipeline`] (the fluent [`Pipeline`] builder and
+//!   shape helpers), [`graph`] (the validated, immutable [`Graph`]), [`segment`] (splitting a
+//!   pipeline into segments);
+//! - [`run`]: the run loop ([`Graph::run`]), [`RunOptions`], [`RunReport`], [`RunFailure`],
+//!   [`Results`];
+//! - extensions on top of runs: [`durable`] (checkpointed runs and resume after a crash),
+//!   [`subpipeline`] (a stage that runs a child pipeline).
 //!
 //! ```
 //! use stageflow::{Pipeline, StageContext, StageOutput, StageSpec};
@@ -65,17 +64,19 @@ pub mod cleanup;
 pub mod context;
 pub mod durable;
 pub mod error;
-pub mod executor;
 pub mod graph;
 pub mod intercept;
+pub mod kind;
 pub mod observe;
 pub mod output;
 pub mod pipeline;
-pub mod results;
+pub mod run;
 pub mod segment;
+pub mod spec;
 pub mod stage;
 pub mod store;
 pub mod subpipeline;
+mod topology;
 
 pub use async_trait::async_trait;
 pub use cleanup::CleanupError;
@@ -85,13 +86,15 @@ pub use error::{
 };
 pub use graph::Graph;
 pub use intercept::{GuardRetry, Interceptor, Next, RetryPolicy};
+pub use kind::StageKind;
 pub use output::{OutputData, StageOutput, StageStatus};
-pub use pipeline::{IntoConditionResult, IntoDeps, Pipeline, StageSpec, ROUTE_KEY};
-pub use results::{
+pub use pipeline::{Pipeline, ROUTE_KEY};
+pub use run::{
     FailureCause, FailurePolicy, Results, Retention, RunFailure, RunOptions, RunReport, RunStats,
     RunStatus, StageFailure, UpstreamSkip,
 };
-pub use stage::{IntoStageResult, Stage, StageKind, StageResult};
+pub use spec::{IntoConditionResult, IntoDeps, StageSpec};
+pub use stage::{IntoStageResult, Stage, StageResult};
 pub use tokio_util::sync::CancellationToken;
 
 /// The README's Rust examples, compiled as doc tests so they stay true.

@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::DataError;
-use crate::observe::{Artifact, CustomEvent};
 
 /// The outcome class of a stage, with the engine's semantics:
 ///
@@ -523,4 +522,31 @@ mod tests {
         let err = out.get::<u32>("n").unwrap_err().to_string();
         assert!(err.contains("`n`") && err.contains("u32"), "{err}");
     }
+}
+
+/// A custom event a stage attaches to its output with [`StageOutput::event`](crate::StageOutput::event).
+/// The engine forwards it to the run's sink (as [`EventKind::Custom`](crate::observe::EventKind::Custom), with the run id and stage
+/// name filled in) when the stage finishes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CustomEvent {
+    /// The event type, e.g. `cache.hit`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Its payload.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub data: Value,
+}
+
+/// An artifact a stage attaches to its output with
+/// [`StageOutput::artifact`](crate::StageOutput::artifact): something it produced that is worth
+/// pointing at (a file, a report, a URL). Forwarded as a `stage.<name>.artifact` event whose data
+/// is `{"type": kind, "payload": payload}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// What sort of artifact (`file`, `report`, ...).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Where it is or what it holds.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub payload: Value,
 }

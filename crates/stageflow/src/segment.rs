@@ -52,19 +52,19 @@
 //! # }
 //! ```
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+
 use crate::context::RunShared;
-use crate::durable::hooks::RunExt;
-use crate::durable::Recorder;
-use crate::executor::{NodeState, RESTORED};
 use crate::graph::{Graph, GraphInner};
 use crate::observe::EventKind;
-use crate::results::{RunFailure, RunOptions, RunReport};
+use crate::output::StageOutput;
+use crate::run::ext::{Extensions, RunHook, Schedule};
+use crate::run::{RunFailure, RunOptions, RunReport};
 
 /// One segment: its position and its stages (definition order).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -356,11 +356,11 @@ impl Graph {
         plan: &SegmentPlan,
     ) -> Result<RunReport, SegmentRunError> {
         let gate = SegmentGate::new(self, plan)?;
-        let ext = RunExt {
-            segments: Some(gate),
-            ..RunExt::default()
+        let ext = Extensions {
+            hooks: vec![Box::new(gate)],
+            ..Extensions::default()
         };
-        self.run_extended(input.into(), options, Some(Box::new(ext)))
+        self.run_extended(input.into(), options, ext)
             .await
             .map_err(|failure| SegmentRunError::Failed(Box::new(failure)))
     }
@@ -412,15 +412,18 @@ impl SegmentGate {
     fn members(&self, s: usize) -> &[u32] {
         &self.members[self.offsets[s]..self.offsets[s + 1]]
     }
+}
 
+/// The gate in the run loop.
+impl RunHook for SegmentGate {
     /// Counts what is left of each segment (restored stages are done), opens the first segment
     /// with work left, and holds every later one back by one pending dependency.
-    pub(crate) fn attach(&mut self, state: &mut [NodeState], ready: &mut VecDeque<u32>) {
+    fn attach(&mut self, mut schedule: Schedule<'_>) {
         for s in 0..self.remaining.len() {
             let left = self
                 .members(s)
                 .iter()
-                .filter(|&&i| state[i as usize].pending_deps != RESTORED)
+                .filter(|&&i| !schedule.is_restored(i))
                 .count();
             self.remaining[s] = left as u32;
             self.done += self.members(s).len() - left;
@@ -433,33 +436,29 @@ impl SegmentGate {
         // Members are stored segment by segment: the later segments are one tail.
         let later = self.offsets[(self.current + 1).min(self.remaining.len())];
         for &i in &self.members[later..] {
-            let st = &mut state[i as usize];
-            if st.pending_deps != RESTORED {
-                st.pending_deps += 1;
-            }
+            schedule.hold(i);
         }
         let current = self.current as u32;
         let seg_of = &self.seg_of;
-        ready.retain(|&i| seg_of[i as usize] <= current);
+        schedule.retain_ready(|&i| seg_of[i as usize] <= current);
         self.opened_at = Instant::now();
     }
 
-    pub(crate) fn finished(
+    fn finished(
         &mut self,
         idx: u32,
+        _output: &Arc<StageOutput>,
+        _record: bool,
+        mut schedule: Schedule<'_>,
         shared: &RunShared,
-        state: &mut [NodeState],
-        ready: &mut VecDeque<u32>,
-        mut recorder: Option<&mut Recorder>,
-    ) {
+    ) -> u32 {
         let s = self.seg_of[idx as usize] as usize;
         self.remaining[s] -= 1;
         self.done += 1;
+        let mut boundaries = 0;
         while self.current < self.remaining.len() && self.remaining[self.current] == 0 {
             let finished = self.current;
-            if let Some(recorder) = recorder.as_deref_mut() {
-                recorder.boundary();
-            }
+            boundaries += 1;
             self.emit(shared, finished, "completed");
             self.current += 1;
             if self.current == self.remaining.len() {
@@ -467,18 +466,16 @@ impl SegmentGate {
             }
             self.opened_at = Instant::now();
             self.emit(shared, self.current, "started");
-            for &i in self.members(self.current) {
-                let st = &mut state[i as usize];
-                if st.pending_deps != RESTORED {
-                    st.pending_deps -= 1;
-                    if st.pending_deps == 0 {
-                        ready.push_back(i);
-                    }
-                }
+            let (from, to) = (self.offsets[self.current], self.offsets[self.current + 1]);
+            for &i in &self.members[from..to] {
+                schedule.release(i);
             }
         }
+        boundaries
     }
+}
 
+impl SegmentGate {
     fn emit(&self, shared: &RunShared, segment: usize, what: &str) {
         let Some(obs) = &shared.observe else {
             return;

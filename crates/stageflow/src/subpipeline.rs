@@ -58,9 +58,10 @@ use uuid::Uuid;
 use crate::context::{RunIdentity, StageContext};
 use crate::error::{BoxError, StageError};
 use crate::graph::Graph;
+use crate::kind::StageKind;
 use crate::output::StageOutput;
-use crate::results::{RunOptions, RunStatus};
-use crate::stage::{Stage, StageKind, StageResult};
+use crate::run::{RunOptions, RunStatus};
+use crate::stage::{Stage, StageResult};
 
 /// Default [`Subpipeline::max_depth`].
 pub const DEFAULT_MAX_DEPTH: u32 = 64;

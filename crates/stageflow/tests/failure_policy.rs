@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use stageflow::executor::UPSTREAM_FAILED;
+use stageflow::run::UPSTREAM_FAILED;
 use stageflow::{
     FailureCause, FailurePolicy, Pipeline, RunOptions, StageContext, StageError, StageOutput,
     UpstreamSkip,

@@ -366,11 +366,11 @@ async fn skip_sequences() {
     let events = sink.events();
     assert_eq!(
         events[4].error.as_deref(),
-        Some(stageflow::executor::CONDITION_NOT_MET)
+        Some(stageflow::run::CONDITION_NOT_MET)
     );
     assert_eq!(
         events[5].error.as_deref(),
-        Some(stageflow::executor::UPSTREAM_SKIPPED)
+        Some(stageflow::run::UPSTREAM_SKIPPED)
     );
     assert_eq!(events[4].duration, None);
 

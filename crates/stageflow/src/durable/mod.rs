@@ -90,11 +90,11 @@
 //! [`StoreError::DuplicateStage`]: crate::store::StoreError::DuplicateStage
 //! [`StoreError::FingerprintMismatch`]: crate::store::StoreError::FingerprintMismatch
 
+mod config;
 mod fingerprint;
-pub(crate) mod hooks;
 mod recorder;
 
-pub(crate) use recorder::Recorder;
+pub use config::Durability;
 
 use std::fmt;
 use std::sync::Arc;
@@ -107,56 +107,11 @@ pub use fingerprint::Fingerprint;
 
 use crate::graph::{Graph, GraphInner};
 use crate::output::{StageOutput, StageStatus};
-use crate::results::{Retention, RunFailure, RunOptions, RunReport, RunStatus};
+use crate::run::ext::{Extensions, RunHook};
+use crate::run::{Retention, RunFailure, RunOptions, RunReport, RunStatus};
 use crate::segment::{SegmentError, SegmentGate, SegmentPlan};
 use crate::store::{RunRecord, RunState, RunStore, StoreError};
-use hooks::RunExt;
-use recorder::WriterOutcome;
-
-/// When the records of finished stages are committed; see the [module docs](self#durability-when-records-are-committed).
-///
-/// ```
-/// use std::time::Duration;
-/// use stageflow::durable::Durability;
-/// assert_eq!(
-///     Durability::group(500, 20),
-///     Durability::Group { max_stages: 500, max_delay: Duration::from_millis(20) }
-/// );
-/// assert_eq!(Durability::default(), Durability::group(1000, 100));
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// One transaction per finished stage.
-    EveryStage,
-    /// Group commit: a transaction every `max_stages` stages or `max_delay` after the first
-    /// uncommitted stage finished, whichever comes first.
-    Group {
-        /// Most stages per transaction (at least 1).
-        max_stages: usize,
-        /// Longest a finished stage waits for its commit.
-        max_delay: Duration,
-    },
-    /// A transaction per [segment](crate::segment) (when the segment's last stage finished), and
-    /// one at the end of the run. A run without segments is one segment.
-    SegmentBoundaries,
-}
-
-impl Durability {
-    /// [`Durability::Group`] with `max_stages` and `max_delay_ms` milliseconds.
-    pub fn group(max_stages: usize, max_delay_ms: u64) -> Self {
-        Durability::Group {
-            max_stages: max_stages.max(1),
-            max_delay: Duration::from_millis(max_delay_ms),
-        }
-    }
-}
-
-impl Default for Durability {
-    /// Group commit of 1000 stages or 100 ms.
-    fn default() -> Self {
-        Durability::group(1000, 100)
-    }
-}
+use recorder::{Recorder, WriterOutcome};
 
 /// Where and how a durable run is checkpointed: the store, the [`Durability`], and optionally a
 /// [`SegmentPlan`] to run segment by segment. Cheap to clone; reuse it for every run and resume.
@@ -342,16 +297,11 @@ impl Graph {
             store.create_run(&record)
         })
         .await?;
-        let ext = RunExt {
-            segments: gate,
-            ..RunExt::default()
-        };
         self.execute(
             input,
             options.identity(identity),
             checkpoint,
-            ext,
-            0,
+            (Vec::new(), gate),
             Duration::ZERO,
         )
         .await
@@ -384,18 +334,11 @@ impl Graph {
             blocking(move || load_committed(&graph, &*store, run_id, force, keep_all)).await?;
         let mut identity = options.identity.clone().unwrap_or_default();
         identity.run_id = run_id;
-        let restored = loaded.restored.len();
-        let ext = RunExt {
-            restored: loaded.restored,
-            segments: gate,
-            ..RunExt::default()
-        };
         self.execute(
             loaded.input,
             options.identity(identity),
             checkpoint,
-            ext,
-            restored,
+            (loaded.restored, gate),
             loaded.load_time,
         )
         .await
@@ -415,8 +358,7 @@ impl Graph {
         input: Value,
         options: RunOptions,
         checkpoint: &Checkpoint,
-        mut ext: RunExt,
-        restored: usize,
+        (restored, gate): (Vec<(u32, Arc<StageOutput>)>, Option<SegmentGate>),
         load_time: Duration,
     ) -> Result<DurableReport, DurableError> {
         let run_id = options
@@ -430,8 +372,13 @@ impl Graph {
             run_id,
             checkpoint.durability,
         );
-        ext.recorder = Some(recorder);
-        let result = self.run_extended(input, options, Some(Box::new(ext))).await;
+        let restored_count = restored.len();
+        let mut hooks: Vec<Box<dyn RunHook>> = vec![Box::new(recorder)];
+        if let Some(gate) = gate {
+            hooks.push(Box::new(gate));
+        }
+        let ext = Extensions { restored, hooks };
+        let result = self.run_extended(input, options, ext).await;
         // The run is over and its recorder dropped with it: the writer commits what is left and
         // ends.
         let outcome: WriterOutcome = blocking(move || match writer.join() {
@@ -465,7 +412,7 @@ impl Graph {
         match result {
             Ok(report) => Ok(DurableReport {
                 report,
-                restored,
+                restored: restored_count,
                 load_time,
                 committed: outcome.committed,
                 batches: outcome.batches,

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use uuid::Uuid;
 
-use super::Durability;
+use super::config::Durability;
+use crate::context::RunShared;
 use crate::graph::GraphInner;
 use crate::output::StageOutput;
+use crate::run::ext::{RunHook, Schedule};
 use crate::store::{RunStore, StageRecord, StoreError};
 
 /// What the executor sends the writer thread.
@@ -78,11 +80,7 @@ impl Recorder {
         u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    pub(crate) fn started(&mut self, idx: u32) {
-        self.starts[idx as usize] = self.now_ns();
-    }
-
-    pub(crate) fn finished(&mut self, idx: u32, output: Arc<StageOutput>) {
+    fn send(&mut self, idx: u32, output: Arc<StageOutput>) {
         let finished_ns = self.now_ns();
         let started_ns = self.starts[idx as usize].min(finished_ns);
         // A closed channel means the writer stopped on a store error, which the run reports.
@@ -93,8 +91,33 @@ impl Recorder {
             finished_ns,
         });
     }
+}
 
-    pub(crate) fn boundary(&mut self) {
+/// The recorder in the run loop: every stage that finishes `ok` or `skip` goes to the writer.
+impl RunHook for Recorder {
+    fn started(&mut self, idx: u32) {
+        self.starts[idx as usize] = self.now_ns();
+    }
+
+    fn finished(
+        &mut self,
+        idx: u32,
+        output: &Arc<StageOutput>,
+        record: bool,
+        _schedule: Schedule<'_>,
+        _shared: &RunShared,
+    ) -> u32 {
+        if record {
+            self.send(idx, output.clone());
+        }
+        0
+    }
+
+    fn record(&mut self, idx: u32, output: Arc<StageOutput>) {
+        self.send(idx, output);
+    }
+
+    fn boundary(&mut self) {
         let _ = self.tx.send(Msg::Boundary);
     }
 }

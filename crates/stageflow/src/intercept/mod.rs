@@ -94,8 +94,9 @@ use futures_util::future::BoxFuture;
 
 use crate::context::StageContext;
 use crate::error::StageError;
+use crate::kind::StageKind;
 use crate::output::StageOutput;
-use crate::stage::{SharedStage, Stage, StageKind, StageResult};
+use crate::stage::{SharedStage, Stage, StageResult};
 
 mod breaker;
 mod guard;
@@ -104,6 +105,7 @@ mod limit;
 mod retry;
 mod timeout;
 
+pub use crate::error::TimeoutError;
 pub use breaker::{BreakerState, CircuitBreaker, CircuitOpenError};
 pub use guard::GuardRetry;
 pub use idempotency::{
@@ -111,7 +113,7 @@ pub use idempotency::{
 };
 pub use limit::{ConcurrencyLimit, RateLimit};
 pub use retry::{Jitter, RetriesExhausted, Retry, RetryPolicy};
-pub use timeout::{Timeout, TimeoutError};
+pub use timeout::Timeout;
 
 /// Default priorities of the built-in interceptors (lower is further out). See the
 /// [module docs](self).

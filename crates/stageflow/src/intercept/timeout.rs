@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::{priority, Interceptor, Next};
 use crate::context::StageContext;
-use crate::error::StageError;
+use crate::error::{StageError, TimeoutError};
 use crate::stage::StageResult;
 
 /// Fails a stage that runs longer than a limit, with a [`TimeoutError`]
@@ -48,15 +48,6 @@ impl Timeout {
     pub fn limit(&self) -> Duration {
         self.limit
     }
-}
-
-/// A stage ran longer than its [`Timeout`]. Find it in a [`StageError`] with
-/// `error.source().downcast_ref::<TimeoutError>()`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("timed out after {limit:?}")]
-pub struct TimeoutError {
-    /// The limit that was exceeded.
-    pub limit: Duration,
 }
 
 #[async_trait::async_trait]

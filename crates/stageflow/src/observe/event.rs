@@ -18,9 +18,9 @@
 //! | `stage.<name>.failed` | [`EventKind::StageFailed`] | it returned `fail`/`retry`/an error, panicked, or its condition failed |
 //! | `stage.<name>.cancelled` | [`EventKind::StageCancelled`] | it returned `cancel`, or was still running when the run stopped |
 //! | `stage.<name>.retried` | [`EventKind::StageRetried`] | before each new attempt of a [`Retry`](crate::intercept::Retry) interceptor or a [guard retry](crate::GuardRetry), with the attempt number in `data` |
-//! | `stage.<name>.artifact` | [`EventKind::StageArtifact`] | one per [`Artifact`] in the stage's output |
+//! | `stage.<name>.artifact` | [`EventKind::StageArtifact`] | one per [`Artifact`](crate::output::Artifact) in the stage's output |
 //! | `stage.wide` | [`EventKind::StageWide`] | one summary record per stage (opt-in) |
-//! | anything else | [`EventKind::Custom`] | a [`CustomEvent`] in a stage's output, or [`StageContext::emit_event`](crate::StageContext::emit_event) |
+//! | anything else | [`EventKind::Custom`] | a [`CustomEvent`](crate::output::CustomEvent) in a stage's output, or [`StageContext::emit_event`](crate::StageContext::emit_event) |
 
 use std::borrow::Cow;
 use std::fmt;
@@ -28,11 +28,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::ser::SerializeMap;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::stage::StageKind;
+use crate::kind::StageKind;
 
 /// A pipeline or stage name in an [`Event`]: stored inline when short (up to 22 bytes, the usual
 /// case), shared otherwise. Events cross threads by the million; inline names cost no allocation
@@ -426,33 +426,6 @@ impl Serialize for Event {
 /// Milliseconds with microsecond precision, as a JSON number.
 fn duration_ms(d: Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
-}
-
-/// A custom event a stage attaches to its output with [`StageOutput::event`](crate::StageOutput::event).
-/// The engine forwards it to the run's sink (as [`EventKind::Custom`], with the run id and stage
-/// name filled in) when the stage finishes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CustomEvent {
-    /// The event type, e.g. `cache.hit`.
-    #[serde(rename = "type")]
-    pub event_type: String,
-    /// Its payload.
-    #[serde(default, skip_serializing_if = "Value::is_null")]
-    pub data: Value,
-}
-
-/// An artifact a stage attaches to its output with
-/// [`StageOutput::artifact`](crate::StageOutput::artifact): something it produced that is worth
-/// pointing at (a file, a report, a URL). Forwarded as a `stage.<name>.artifact` event whose data
-/// is `{"type": kind, "payload": payload}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Artifact {
-    /// What sort of artifact (`file`, `report`, ...).
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Where it is or what it holds.
-    #[serde(default, skip_serializing_if = "Value::is_null")]
-    pub payload: Value,
 }
 
 /// Displays a [`SystemTime`] as RFC 3339 UTC with microseconds: `2025-01-31T12:34:56.123456Z`,

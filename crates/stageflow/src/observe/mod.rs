@@ -73,20 +73,26 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub(crate) mod emitter;
 pub mod event;
-mod jsonl;
+pub(crate) mod jsonl;
+pub(crate) mod labels;
 pub mod memory;
+pub(crate) mod note;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod progress;
-pub(crate) mod runtime;
+pub(crate) mod sampler;
 pub mod sink;
 pub mod summary;
 pub mod watchdog;
 
-pub use event::{Artifact, CustomEvent, Event, EventKind, Name, Rfc3339};
+pub use crate::output::{Artifact, CustomEvent};
+pub use event::{Event, EventKind, Name, Rfc3339};
 pub use jsonl::{JsonlSink, JsonlSinkBuilder, WhenFull};
 pub use memory::MemoryReport;
+#[doc(hidden)]
+pub use note::NotePath;
 pub use progress::{Progress, ProgressObserver};
 pub use sink::{ChannelSink, EventSink, FanOut, Filtered, MemorySink, NoopSink, TracingSink};
 pub use summary::{CriticalPath, Percentiles, RunSummary, StageTiming, SummaryOptions};

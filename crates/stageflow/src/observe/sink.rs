@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
 
 use super::event::{Event, EventKind};
+use super::note::NotePath;
 
 /// A destination for [`Event`]s.
 ///
@@ -65,11 +66,12 @@ pub trait EventSink: Send + Sync + 'static {
         false
     }
 
-    /// For the engine: `Some` when this is the built-in [`JsonlSink`](super::JsonlSink), which
-    /// takes per-stage lifecycle events in a compact form its writer thread expands (the file is
-    /// the same; the executor does less per stage). Other sinks keep the default.
+    /// For the engine: `Some` for a sink that takes per-stage lifecycle events in a compact form
+    /// and expands them itself (the built-in [`JsonlSink`](super::JsonlSink): the file is the
+    /// same, the executor does less per stage). Other sinks keep the default; a wrapper around
+    /// one sink forwards it.
     #[doc(hidden)]
-    fn as_jsonl(&self) -> Option<&super::JsonlSink> {
+    fn note_path(&self) -> Option<NotePath> {
         None
     }
 }
@@ -91,8 +93,8 @@ impl<S: EventSink + ?Sized> EventSink for Arc<S> {
     fn is_noop(&self) -> bool {
         (**self).is_noop()
     }
-    fn as_jsonl(&self) -> Option<&super::JsonlSink> {
-        (**self).as_jsonl()
+    fn note_path(&self) -> Option<NotePath> {
+        (**self).note_path()
     }
 }
 

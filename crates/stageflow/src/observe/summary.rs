@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::graph::GraphInner;
+use crate::topology::Topology;
 
 /// Summary settings.
 ///
@@ -110,7 +110,7 @@ pub struct RunSummary {
 pub(crate) const UNTIMED: u64 = u64::MAX;
 
 pub(crate) fn summarize(
-    graph: &GraphInner,
+    graph: &Topology,
     durations: &[u64],
     options: SummaryOptions,
 ) -> RunSummary {
@@ -172,7 +172,7 @@ pub(crate) fn summarize(
 }
 
 /// Longest path by total duration, in topological order, iteratively.
-fn critical_path(graph: &GraphInner, durations: &[u64], max_names: usize) -> CriticalPath {
+fn critical_path(graph: &Topology, durations: &[u64], max_names: usize) -> CriticalPath {
     let n = graph.len();
     if n == 0 {
         return CriticalPath::default();

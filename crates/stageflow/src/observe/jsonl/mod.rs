@@ -1,10 +1,10 @@
 //! [`JsonlSink`]: events as JSON Lines, written by a background thread.
 //!
-//! Three parts: this module (the sink, its builder and the bounded queue between emitters and
-//! the writer), [`writer`] (the writer thread and the file), and [`note`] (the compact form in
-//! which the engine hands over stage lifecycle events).
+//! Four parts: this module (the sink and its builder), `queue` (the bounded queue between
+//! emitters and the writer), `writer` (the writer thread and the file), and `note` (the compact
+//! form in which the engine hands over stage lifecycle events).
 
-mod note;
+mod queue;
 mod writer;
 
 use std::fmt;
@@ -12,29 +12,18 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 
 use super::event::Event;
-use super::runtime::RunLabels;
+use super::labels::RunLabels;
+use super::note::{NotePath, NoteSink, StageNote};
 use super::sink::EventSink;
-pub(crate) use note::{NoteKind, StageNote};
+pub use queue::WhenFull;
+use queue::{stored_result, Inner, Queued, State, Wake};
 use writer::{BackgroundSync, Output, Writer, Writing};
-
-/// What [`JsonlSink::try_emit`](EventSink::try_emit) does when the buffer is full.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum WhenFull {
-    /// Refuse the event; the run counts it as dropped and reports it (the default: a slow disk
-    /// never slows the pipeline).
-    #[default]
-    Drop,
-    /// Wait (blocking the calling thread) until the writer makes room: nothing is ever dropped,
-    /// and the pipeline runs at the writer's pace when the writer is the bottleneck. The writer
-    /// is a dedicated OS thread, so this cannot deadlock the runtime.
-    Block,
-}
 
 /// Writes events as JSON Lines (one [`Event::to_json_line`] object per line) to a file or any
 /// writer.
@@ -189,11 +178,12 @@ impl JsonlSinkBuilder {
             wake_at,
             when_full: self.when_full,
             fsync: self.fsync,
-            writing: Mutex::new(Writing::new(output, wake_at.min(4096))),
         });
+        let writing = Arc::new(Mutex::new(Writing::new(output, wake_at.min(4096))));
         let (done_tx, done_rx) = oneshot::channel();
         let writer = Writer {
             inner: inner.clone(),
+            writing: writing.clone(),
             linger: self.linger,
         };
         std::thread::Builder::new()
@@ -205,32 +195,18 @@ impl JsonlSinkBuilder {
         Ok(JsonlSink {
             handle: Arc::new(Handle {
                 inner,
+                writing,
                 done: Mutex::new(Some(done_rx)),
             }),
         })
     }
 }
 
-/// What waits in the buffer for the writer. Runs announce themselves (`RunStart`, with what their
-/// notes need to be expanded) and leave (`RunEnd`) through the same queue, so the writer always
-/// knows a note's run.
-enum Queued {
-    Event(Box<Event>),
-    Note(StageNote),
-    RunStart(u64, Arc<RunLabels>),
-    RunEnd(u64),
-}
-
-impl Queued {
-    /// Run announcements are bookkeeping: never refused for room, not counted as events.
-    fn is_event(&self) -> bool {
-        matches!(self, Queued::Event(_) | Queued::Note(_))
-    }
-}
-
 /// The user-facing side: when the last clone goes, the writer is told to finish.
 struct Handle {
     inner: Arc<Inner>,
+    /// The output side, shared with the writer thread (a flush may write the tail itself).
+    writing: Arc<Mutex<Writing>>,
     done: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
@@ -238,107 +214,6 @@ impl Drop for Handle {
     fn drop(&mut self) {
         self.inner.lock().closing = true;
         self.inner.work.notify_one();
-    }
-}
-
-struct Inner {
-    state: Mutex<State>,
-    /// The writer waits here.
-    work: Condvar,
-    /// Blocked emitters ([`WhenFull::Block`]) wait here.
-    room: Condvar,
-    /// Async emitters ([`EventSink::emit`]) wait here.
-    room_async: Notify,
-    written: AtomicU64,
-    dropped: AtomicU64,
-    /// The key of the next run registered for stage notes.
-    next_run: AtomicU64,
-    capacity: usize,
-    wake_at: usize,
-    when_full: WhenFull,
-    /// Whether a flush (and the end) syncs the file.
-    fsync: bool,
-    /// The output side; the writer thread holds it while it writes a batch.
-    writing: Mutex<Writing>,
-}
-
-struct State {
-    pending: Vec<Queued>,
-    flushers: Vec<oneshot::Sender<io::Result<()>>>,
-    closing: bool,
-    closed: bool,
-    /// When an emitter must wake the writer.
-    wake: Wake,
-    /// Emitters blocked for room.
-    blocked: usize,
-    /// The first write error; later writes are skipped and their events counted as dropped.
-    error: Option<(io::ErrorKind, String)>,
-}
-
-/// `Ok`, or the stored first write error (a fresh `io::Error` each time it is reported).
-fn stored_result(error: &Option<(io::ErrorKind, String)>) -> io::Result<()> {
-    match error {
-        None => Ok(()),
-        Some((kind, msg)) => Err(io::Error::new(*kind, msg.clone())),
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Wake {
-    /// The writer is busy (or already woken): nobody needs waking.
-    No,
-    /// The writer sleeps until there is any event.
-    OnAny,
-    /// The writer lingers; wake it early when the buffer reaches `wake_at`.
-    AtThreshold,
-}
-
-impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn writing(&self) -> MutexGuard<'_, Writing> {
-        self.writing.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Pushes into the buffer if there is room; `Err(item)` if full, `Ok(false)` if closed.
-    fn push(&self, item: Queued, block: bool) -> Result<bool, Queued> {
-        let mut st = self.lock();
-        loop {
-            if st.closed || st.closing {
-                return Ok(false);
-            }
-            if st.pending.len() < self.capacity || !item.is_event() {
-                break;
-            }
-            if !block {
-                return Err(item);
-            }
-            if st.wake != Wake::No {
-                st.wake = Wake::No;
-                self.work.notify_one();
-            }
-            st.blocked += 1;
-            st = self.room.wait(st).unwrap_or_else(PoisonError::into_inner);
-            st.blocked -= 1;
-        }
-        // A run's start does not wake the writer: its first event, right after, does. (Its end
-        // does, so that the writer lets go of the run's labels and graph.)
-        let wakes = !matches!(item, Queued::RunStart(..));
-        st.pending.push(item);
-        let wake = wakes
-            && match st.wake {
-                Wake::No => false,
-                Wake::OnAny => true,
-                Wake::AtThreshold => st.pending.len() >= self.wake_at,
-            };
-        if wake {
-            st.wake = Wake::No;
-            drop(st);
-            self.work.notify_one();
-        }
-        Ok(true)
     }
 }
 
@@ -392,26 +267,25 @@ impl JsonlSink {
     }
 }
 
-/// The engine's fast path (see `note::StageNote`).
-impl JsonlSink {
-    /// Registers a run whose stage events come as notes; returns its key for them.
-    pub(crate) fn begin_run(&self, labels: Arc<RunLabels>) -> u64 {
+/// The engine's fast path (see [`StageNote`]).
+impl NoteSink for JsonlSink {
+    fn begin_run(&self, labels: Arc<RunLabels>) -> u64 {
         let inner = &self.handle.inner;
         let run = inner.next_run.fetch_add(1, Ordering::Relaxed);
         let _ = inner.push(Queued::RunStart(run, labels), false);
         run
     }
 
-    /// Offers a stage event in compact form, like [`try_emit`](EventSink::try_emit).
-    pub(crate) fn try_emit_note(&self, note: StageNote) -> bool {
+    fn try_emit_note(&self, note: StageNote) -> bool {
         self.offer(Queued::Note(note))
     }
 
-    /// The run will send no more notes.
-    pub(crate) fn end_run(&self, run: u64) {
+    fn end_run(&self, run: u64) {
         let _ = self.handle.inner.push(Queued::RunEnd(run), false);
     }
+}
 
+impl JsonlSink {
     /// `try_emit` of an event or a note: buffered, or dropped and counted.
     fn offer(&self, item: Queued) -> bool {
         let inner = &self.handle.inner;
@@ -440,8 +314,8 @@ impl EventSink for JsonlSink {
         self.offer(Queued::Event(Box::new(event)))
     }
 
-    fn as_jsonl(&self) -> Option<&JsonlSink> {
-        Some(self)
+    fn note_path(&self) -> Option<NotePath> {
+        Some(NotePath(Arc::new(self.clone())))
     }
 
     async fn emit(&self, event: Event) -> bool {
@@ -479,7 +353,7 @@ impl EventSink for JsonlSink {
         // run then never waits for that thread to be woken and scheduled. (With fsync, the
         // writer thread syncs: the disk wait stays off the async runtime.)
         if !inner.fsync {
-            let writing = match inner.writing.try_lock() {
+            let writing = match self.handle.writing.try_lock() {
                 Ok(writing) => Some(writing),
                 Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
                 Err(std::sync::TryLockError::WouldBlock) => None,

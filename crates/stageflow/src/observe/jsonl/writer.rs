@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use super::{stored_result, Inner, Queued, Wake};
+use super::queue::{stored_result, Inner, Queued, Wake};
 use crate::observe::event::Encoder;
-use crate::observe::runtime::RunLabels;
+use crate::observe::labels::RunLabels;
 
 pub(super) enum Output {
     /// Written unbuffered: the writer hands it whole batches (one system call each), and what it
@@ -97,6 +97,7 @@ impl BackgroundSync {
 
 pub(super) struct Writer {
     pub(super) inner: Arc<Inner>,
+    pub(super) writing: Arc<std::sync::Mutex<Writing>>,
     pub(super) linger: Duration,
 }
 
@@ -254,7 +255,11 @@ impl Writer {
                 }
                 st.wake = Wake::No;
             }
-            let taken = inner.writing().take_and_write(&inner, inner.fsync);
+            let taken = self
+                .writing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take_and_write(&inner, inner.fsync);
             wrote = taken.took;
             if taken.closing {
                 let mut st = inner.lock();
@@ -327,7 +332,7 @@ mod tests {
             parent_run_id: None,
             root_run_id: None,
             pipeline: Name::from("p"),
-            graph: graph.inner.clone(),
+            topo: graph.inner.topo.clone(),
             start_wall: SystemTime::now(),
         });
         let mut runs = Runs::default();

@@ -1,13 +1,14 @@
-//! [`StageNote`]: a stage lifecycle event in compact form, the engine's fast path into a
-//! [`JsonlSink`](super::JsonlSink).
+//! [`StageNote`]: a stage lifecycle event in compact form, the engine's fast path into sinks
+//! that can expand it themselves ([`NoteSink`], implemented by [`JsonlSink`](super::JsonlSink)).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::observe::event::{Event, EventKind, EventParts};
-use crate::observe::runtime::RunLabels;
+use crate::observe::labels::RunLabels;
 
-/// A stage's lifecycle event in compact form: the engine's fast path into a
+/// A stage's lifecycle event in compact form: the engine's fast path into a [`NoteSink`] such as
 /// [`JsonlSink`](super::JsonlSink). The executor hands over a few numbers (no strings, no
 /// allocation, a quarter of an [`Event`]'s size); the writer thread encodes them, with the run's
 /// labels, into the very line of the [`Event`] the engine builds for other sinks
@@ -15,7 +16,7 @@ use crate::observe::runtime::RunLabels;
 /// for byte).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StageNote {
-    /// The run, as registered with [`JsonlSink::begin_run`](super::JsonlSink::begin_run).
+    /// The run, as registered with [`NoteSink::begin_run`].
     pub(crate) run: u64,
     pub(crate) idx: u32,
     pub(crate) kind: NoteKind,
@@ -48,6 +49,29 @@ impl NoteKind {
     }
 }
 
+/// A sink that takes stage lifecycle events as [`StageNote`]s and expands them itself, with the
+/// labels its runs registered (the line it writes is the one the [`Event`] would give).
+pub(crate) trait NoteSink: Send + Sync {
+    /// Registers a run whose stage events come as notes; returns its key for them.
+    fn begin_run(&self, labels: Arc<RunLabels>) -> u64;
+    /// Offers a stage event in compact form, like
+    /// [`EventSink::try_emit`](super::EventSink::try_emit).
+    fn try_emit_note(&self, note: StageNote) -> bool;
+    /// The run will send no more notes.
+    fn end_run(&self, run: u64);
+}
+
+/// The way into a sink's [`NoteSink`] side; see
+/// [`EventSink::note_path`](super::EventSink::note_path). Only the engine uses it.
+#[doc(hidden)]
+pub struct NotePath(pub(crate) Arc<dyn NoteSink>);
+
+impl std::fmt::Debug for NotePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NotePath")
+    }
+}
+
 impl StageNote {
     /// The event this note stands for, in run `labels`: what other sinks get.
     #[inline(always)]
@@ -61,7 +85,7 @@ impl StageNote {
 
     /// The same event's fields, borrowed from the note and `labels` without building it: what
     /// the writer encodes. (A test checks that both give the same line.)
-    pub(super) fn parts<'a>(self, labels: &'a RunLabels) -> EventParts<'a> {
+    pub(crate) fn parts<'a>(self, labels: &'a RunLabels) -> EventParts<'a> {
         static NO_DATA: serde_json::Value = serde_json::Value::Null;
         EventParts {
             kind: self.kind.event_kind(),
@@ -69,8 +93,8 @@ impl StageNote {
             parent_run_id: labels.parent_run_id,
             root_run_id: labels.root_run_id,
             pipeline: &labels.pipeline,
-            stage: Some(labels.graph.name(self.idx)),
-            stage_kind: Some(labels.graph.kind(self.idx)),
+            stage: Some(labels.topo.name(self.idx)),
+            stage_kind: Some(labels.topo.kind(self.idx)),
             timestamp: labels.timestamp(self.at_ns),
             duration: self.duration,
             status: Some(self.status),
@@ -107,7 +131,7 @@ mod tests {
                 parent_run_id: parent,
                 root_run_id: root,
                 pipeline: crate::observe::Name::from(graph.name()),
-                graph: graph.inner.clone(),
+                topo: graph.inner.topo.clone(),
                 start_wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000),
             };
             let kinds = [

@@ -1,26 +1,7 @@
-//! The run loop: dependency counting over the graph's adjacency lists.
+//! The driver: one run's state and the loop from "ready" to "started" to "finished".
 //!
-//! Each run owns a flat vector of per-stage counters (dependencies still pending, dependents not
-//! yet started) and outputs. When a stage finishes, its dependents' counters drop; a stage whose
-//! counter reaches zero is ready and starts at once. Nothing scans the whole graph per stage, and
-//! nothing recurses, so per-stage cost is flat from ten stages to ten million.
-//!
-//! **How a ready stage is started.** The last stage the driver can start at a given moment (the
-//! only one, in a chain) is polled once, inline. A stage that completes on that first poll (most
-//! CPU-light stages do) costs no task spawn and no cross-thread wake-up, which is what keeps a long
-//! chain near the cost of a plain loop. When several stages are ready at once, the others start as
-//! tokio tasks so that they run in parallel on the multi-threaded runtime, unless the driver has
-//! measured that these siblings finish faster than a spawn would pay off: then it polls them inline
-//! too, and switches back to spawning as soon as one is slow (see `Run::drive`). A stage that is
-//! still pending after an inline poll becomes a task. Moving a polled future into a task is sound
-//! because stage futures are boxed (pinned on the heap).
-//!
-//! **Stopping.** A failure (error, `fail`/`retry` output, panic, or failing condition) or a cancel
-//! (a `cancel` output, or the caller's token) stops the run: no new stage starts, the run's
-//! cancellation token fires so stages can notice, running stage tasks are aborted and awaited, and
-//! only then does the caller get the result, so no stage of a finished run is still executing.
+//! See the [module docs](super) for how ready stages are started and how a run stops.
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -35,19 +16,25 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-mod resilience;
-
-use crate::context::{ConditionInputs, InputOutputs, RunShared, RunTimer, StageContext};
-use crate::durable::hooks::RunExt;
-use crate::graph::{Graph, GraphInner};
-use crate::observe::runtime::{ObsShared, Observer, Outcome};
-use crate::output::{StageOutput, StageStatus};
-use crate::results::{
-    FailureCause, Results, Retention, RunFailure, RunOptions, RunReport, RunStats, RunStatus,
-    StageFailure, UpstreamSkip,
+use super::ext::{Extensions, RunHook, Schedule};
+use super::guard::{self, GuardHost, GuardRuntime};
+use super::node::{
+    spawn_stage, Finished, NodeState, Outcome, StageFuture, CONDITION_NOT_MET, RESTORED,
+    UPSTREAM_FAILED, UPSTREAM_SKIPPED,
 };
+use super::observer::Observer;
+use super::options::{Retention, RunOptions};
+use super::report::{
+    FailureCause, RunFailure, RunReport, RunStats, RunStatus, StageFailure, UpstreamSkip,
+};
+use super::resilience::Resilience;
+use super::results::Results;
+use crate::context::{ConditionInputs, InputOutputs, RunShared, RunTimer, StageContext};
+use crate::error::panic_message;
+use crate::graph::GraphInner;
+use crate::observe::emitter::ObsShared;
+use crate::output::{StageOutput, StageStatus};
 use crate::stage::StageResult;
-use resilience::Resilience;
 
 /// How many stages the driver completes inline before yielding to the scheduler, so a long chain
 /// never monopolizes a worker thread.
@@ -61,78 +48,69 @@ const SPAWN_COST: Duration = Duration::from_micros(1);
 /// While siblings are being spawned, one in this many is still tried inline; see [`Run::drive`].
 const INLINE_PROBE_EVERY: u32 = 32;
 
-/// Reason given to stages skipped because every input was skipped.
-pub const UPSTREAM_SKIPPED: &str = "all upstream stages skipped";
-/// Reason given to stages whose condition returned false.
-pub const CONDITION_NOT_MET: &str = "condition not met";
-/// Reason given, under [`FailurePolicy::Continue`](crate::FailurePolicy::Continue), to stages
-/// downstream of a failed stage.
-pub const UPSTREAM_FAILED: &str = "upstream failed";
-
-/// How a stage execution ended, before the executor interprets it.
-enum Finished {
-    Returned(StageResult),
-    Panicked(String),
-}
-
-impl From<Result<StageResult, Box<dyn Any + Send>>> for Finished {
-    fn from(r: Result<StageResult, Box<dyn Any + Send>>) -> Self {
-        match r {
-            Ok(result) => Finished::Returned(result),
-            Err(payload) => Finished::Panicked(panic_message(payload.as_ref())),
-        }
-    }
-}
-
-impl Finished {
-    fn outcome(&self) -> Outcome<'_> {
-        match self {
-            Finished::Returned(Ok(output)) => Outcome::Output(output),
-            Finished::Returned(Err(err)) => Outcome::Error(err),
-            Finished::Panicked(message) => Outcome::Panic(message),
-        }
-    }
-}
-
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
-}
-
 /// Why the run stopped early.
 enum Stop {
     Failed { stage: u32, cause: FailureCause },
     Cancelled { stage: Option<u32>, reason: String },
 }
 
-/// Per-stage, per-run state: 16 bytes a stage.
-pub(crate) struct NodeState {
-    /// Dependencies that have not finished yet.
-    pub(crate) pending_deps: u32,
-    /// Dependents that have not started yet (they take their inputs when they start).
-    pub(crate) pending_consumers: u32,
-    pub(crate) output: Option<Arc<StageOutput>>,
+/// Runs `graph` once: sets up the run's shared state and observer, attaches the extensions,
+/// drives the loop to the end, and builds the result.
+#[allow(clippy::result_large_err)]
+pub(crate) async fn execute(
+    graph: Arc<GraphInner>,
+    input: Value,
+    options: RunOptions,
+    ext: Extensions,
+) -> Result<RunReport, RunFailure> {
+    let cancel = match &options.cancel {
+        Some(parent) => parent.child_token(),
+        None => CancellationToken::new(),
+    };
+    let identity = options.identity.clone().unwrap_or_default();
+    let timer = RunTimer::start();
+    let obs = Observer::new(options.observe.as_deref(), &graph, &identity, timer);
+    let shared = Arc::new(RunShared {
+        topo: graph.topo.clone(),
+        identity,
+        input,
+        cancel,
+        timer,
+        observe: obs.as_ref().map(|o| o.shared()),
+        cleanup: Default::default(),
+    });
+    let mut run = Run::new(graph, shared, options.retention);
+    run.res.configure(&options, &run.graph);
+    run.attach(ext);
+    let max_concurrency = options.max_concurrency.unwrap_or(usize::MAX);
+    let Some(mut obs) = obs else {
+        run.drive(max_concurrency).await;
+        return run.finish();
+    };
+    obs.run_started();
+    let span = obs.run_span();
+    run.publish = obs.publishes_counts().then(|| obs.shared());
+    // Observers that need nothing per stage (progress, memory sampling) stay off the per-stage
+    // path entirely.
+    let mut run_level = None;
+    if obs.per_stage() {
+        run.obs = Some(obs);
+    } else {
+        run_level = Some(obs);
+    }
+    match span {
+        Some(span) => run.drive(max_concurrency).instrument(span).await,
+        None => run.drive(max_concurrency).await,
+    }
+    let obs = run.obs.take().or(run_level);
+    let mut result = run.finish();
+    if let Some(obs) = obs {
+        obs.finish(&mut result).await;
+    }
+    result
 }
 
-/// `pending_deps` of a stage restored from a checkpoint: so large that finishing dependencies
-/// never brings it to zero, so it never becomes ready (it is done already).
-pub(crate) const RESTORED: u32 = u32::MAX;
-
-type StageFuture = futures_util::future::CatchUnwind<
-    AssertUnwindSafe<futures_util::future::BoxFuture<'static, StageResult>>,
->;
-
-/// Runs a stage future as its own task; it reports back through the task set.
-fn spawn_stage(tasks: &mut JoinSet<(u32, Finished)>, idx: u32, fut: StageFuture) {
-    tasks.spawn(async move { (idx, Finished::from(fut.await)) });
-}
-
-struct Run {
+pub(super) struct Run {
     graph: Arc<GraphInner>,
     shared: Arc<RunShared>,
     state: Vec<NodeState>,
@@ -148,106 +126,10 @@ struct Run {
     /// wait for a task), never per stage.
     publish: Option<Arc<ObsShared>>,
     /// Checkpoint recording and segment gating (see [`crate::durable`], [`crate::segment`]);
-    /// `None` for plain runs (then it costs one not-taken branch per stage start and end).
-    ext: Option<Box<RunExt>>,
+    /// empty for plain runs (then it costs one not-taken branch per stage start and end).
+    hooks: Vec<Box<dyn RunHook>>,
     /// Failure policy, cancel grace period, cleanup and guard retry state.
     res: Resilience,
-}
-
-impl Graph {
-    /// Runs the pipeline with `input` and default [`RunOptions`].
-    ///
-    /// Returns a [`RunReport`] when the run completed or was cancelled gracefully, and a
-    /// [`RunFailure`] (with partial results) when a stage failed. Must be called within a tokio
-    /// runtime; stages run in parallel on a multi-threaded one.
-    ///
-    /// ```
-    /// use stageflow::{Pipeline, StageContext, StageOutput};
-    /// # #[tokio::main] async fn main() {
-    /// let graph = Pipeline::builder("hello")
-    ///     .stage("greet", |ctx: StageContext| async move {
-    ///         let who: String = ctx.input()?;
-    ///         Ok::<_, stageflow::InputError>(StageOutput::ok().with("text", format!("hello, {who}")))
-    ///     })
-    ///     .build()
-    ///     .unwrap();
-    /// let report = graph.run("world").await.unwrap();
-    /// assert_eq!(report.results().get_data::<String>("greet", "text").unwrap(), "hello, world");
-    /// # }
-    /// ```
-    #[allow(clippy::result_large_err)]
-    pub async fn run(&self, input: impl Into<Value>) -> Result<RunReport, RunFailure> {
-        self.run_with(input, RunOptions::default()).await
-    }
-
-    /// Runs the pipeline with `input` and `options`.
-    // A run's result is produced once per run; boxing the failure would buy nothing.
-    #[allow(clippy::result_large_err)]
-    pub async fn run_with(
-        &self,
-        input: impl Into<Value>,
-        options: RunOptions,
-    ) -> Result<RunReport, RunFailure> {
-        self.run_extended(input.into(), options, None).await
-    }
-
-    /// [`run_with`](Self::run_with), with checkpointing, restored stages or segments attached.
-    #[allow(clippy::result_large_err)]
-    pub(crate) async fn run_extended(
-        &self,
-        input: Value,
-        options: RunOptions,
-        ext: Option<Box<RunExt>>,
-    ) -> Result<RunReport, RunFailure> {
-        let graph = self.inner.clone();
-        let cancel = match &options.cancel {
-            Some(parent) => parent.child_token(),
-            None => CancellationToken::new(),
-        };
-        let identity = options.identity.clone().unwrap_or_default();
-        let timer = RunTimer::start();
-        let obs = Observer::new(options.observe.as_deref(), &graph, &identity, timer);
-        let shared = Arc::new(RunShared {
-            graph: graph.clone(),
-            identity,
-            input,
-            cancel,
-            timer,
-            observe: obs.as_ref().map(|o| o.shared()),
-            cleanup: Default::default(),
-        });
-        let mut run = Run::new(graph, shared, options.retention);
-        run.res.configure(&options, &run.graph);
-        if let Some(ext) = ext {
-            run.attach(ext);
-        }
-        let max_concurrency = options.max_concurrency.unwrap_or(usize::MAX);
-        let Some(mut obs) = obs else {
-            run.drive(max_concurrency).await;
-            return run.finish();
-        };
-        obs.run_started();
-        let span = obs.run_span();
-        run.publish = obs.publishes_counts().then(|| obs.shared());
-        // Observers that need nothing per stage (progress, memory sampling) stay off the
-        // per-stage path entirely.
-        let mut run_level = None;
-        if obs.per_stage() {
-            run.obs = Some(obs);
-        } else {
-            run_level = Some(obs);
-        }
-        match span {
-            Some(span) => run.drive(max_concurrency).instrument(span).await,
-            None => run.drive(max_concurrency).await,
-        }
-        let obs = run.obs.take().or(run_level);
-        let mut result = run.finish();
-        if let Some(obs) = obs {
-            obs.finish(&mut result).await;
-        }
-        result
-    }
 }
 
 impl Run {
@@ -280,53 +162,68 @@ impl Run {
             stop: None,
             obs: None,
             publish: None,
-            ext: None,
+            hooks: Vec::new(),
             res: Resilience::default(),
         }
     }
 
     /// Attaches checkpointing / segments, first marking the stages restored from a checkpoint as
     /// done: their outputs are preloaded, their dependents' counters drop, and they never start.
-    /// Linear in the number of stages; plain runs never come here.
-    fn attach(&mut self, mut ext: Box<RunExt>) {
-        let restored = std::mem::take(&mut ext.restored);
+    /// Linear in the number of stages; plain runs never get past the first check.
+    fn attach(&mut self, ext: Extensions) {
+        let Extensions {
+            restored,
+            mut hooks,
+        } = ext;
+        if restored.is_empty() && hooks.is_empty() {
+            return;
+        }
         if !restored.is_empty() {
-            let graph = self.graph.clone();
-            for (idx, output) in restored {
-                let i = idx as usize;
-                if self.state[i].pending_deps == RESTORED {
-                    continue; // listed twice
-                }
-                self.state[i].pending_deps = RESTORED;
-                for &d in graph.deps(idx) {
-                    // A restored stage never starts, so it never takes its inputs.
-                    self.state[d as usize].pending_consumers -= 1;
-                }
-                for &j in graph.dependents(idx) {
-                    let s = &mut self.state[j as usize];
-                    if s.pending_deps != RESTORED {
-                        s.pending_deps -= 1;
-                    }
-                }
-                self.count_output(&output);
-                self.state[i].output = Some(output);
+            self.restore(restored);
+        }
+        for hook in &mut hooks {
+            hook.attach(Schedule {
+                state: &mut self.state,
+                ready: &mut self.ready,
+            });
+        }
+        self.hooks = hooks;
+    }
+
+    fn restore(&mut self, restored: Vec<(u32, Arc<StageOutput>)>) {
+        let graph = self.graph.clone();
+        for (idx, output) in restored {
+            let i = idx as usize;
+            if self.state[i].pending_deps == RESTORED {
+                continue; // listed twice
             }
-            let sinks_only = self.retention == Retention::Sinks;
-            self.ready.clear();
-            for (i, s) in self.state.iter_mut().enumerate() {
-                if s.pending_deps == 0 {
-                    self.ready.push_back(i as u32);
-                } else if s.pending_deps == RESTORED
-                    && s.pending_consumers == 0
-                    && sinks_only
-                    && !graph.dependents(i as u32).is_empty()
-                {
-                    s.output = None; // nothing left to run needs it
+            self.state[i].pending_deps = RESTORED;
+            for &d in graph.deps(idx) {
+                // A restored stage never starts, so it never takes its inputs.
+                self.state[d as usize].pending_consumers -= 1;
+            }
+            for &j in graph.dependents(idx) {
+                let s = &mut self.state[j as usize];
+                if s.pending_deps != RESTORED {
+                    s.pending_deps -= 1;
                 }
+            }
+            self.count_output(&output);
+            self.state[i].output = Some(output);
+        }
+        let sinks_only = self.retention == Retention::Sinks;
+        self.ready.clear();
+        for (i, s) in self.state.iter_mut().enumerate() {
+            if s.pending_deps == 0 {
+                self.ready.push_back(i as u32);
+            } else if s.pending_deps == RESTORED
+                && s.pending_consumers == 0
+                && sinks_only
+                && !graph.dependents(i as u32).is_empty()
+            {
+                s.output = None; // nothing left to run needs it
             }
         }
-        ext.attach(&mut self.state, &mut self.ready);
-        self.ext = Some(ext);
     }
 
     async fn drive(&mut self, max_concurrency: usize) {
@@ -392,7 +289,7 @@ impl Run {
                                 // of the token's lock.
                                 inline_streak = 0;
                                 if let Some(counts) = &self.publish {
-                                    counts.publish(&self.stats);
+                                    counts.publish(self.stats.counts());
                                 }
                                 if let Some(obs) = self.obs.as_deref_mut() {
                                     obs.time_passed();
@@ -431,7 +328,7 @@ impl Run {
             }
 
             if let Some(counts) = &self.publish {
-                counts.publish(&self.stats);
+                counts.publish(self.stats.counts());
             }
             // The caller's cancel goes first so a busy wide run cannot starve it.
             tokio::select! {
@@ -492,8 +389,8 @@ impl Run {
     /// skipped (all inputs skipped, or condition false) or its condition fails.
     fn start(&mut self, idx: u32) -> Option<StageFuture> {
         self.stats.started += 1;
-        if let Some(ext) = self.ext.as_deref_mut() {
-            ext.started(idx);
+        for hook in &mut self.hooks {
+            hook.started(idx);
         }
         let graph = &*self.graph;
         let deps = graph.deps(idx);
@@ -599,7 +496,7 @@ impl Run {
         }
         if self.res.guards.is_some() {
             // A guard's failure may re-run its producer instead of failing; see `resilience`.
-            return self.complete_guarded(idx, finished);
+            return guard::complete_guarded(self, idx, finished);
         }
         self.record(idx, finished, None);
     }
@@ -642,21 +539,46 @@ impl Run {
         // A producer under guard retry releases only its guard for now; the others wait for the
         // guard's verdict.
         self.release_dependents(idx, |j| held.is_none_or(|guard| guard == j));
-        self.state[idx as usize].output = Some(Arc::new(output));
-        if let Some(ext) = self.ext.as_deref_mut() {
-            ext.finished(
+        let output = Arc::new(output);
+        self.state[idx as usize].output = Some(output.clone());
+        if !self.hooks.is_empty() {
+            self.hooks_finished(idx, &output, held.is_none());
+        }
+    }
+
+    /// Tells the hooks that `idx` finished, then about the segment boundaries that completed.
+    #[cold]
+    fn hooks_finished(&mut self, idx: u32, output: &Arc<StageOutput>, record: bool) {
+        let mut boundaries = 0;
+        for hook in &mut self.hooks {
+            boundaries += hook.finished(
                 idx,
-                held.is_none(),
+                output,
+                record,
+                Schedule {
+                    state: &mut self.state,
+                    ready: &mut self.ready,
+                },
                 &self.shared,
-                &mut self.state,
-                &mut self.ready,
             );
+        }
+        for _ in 0..boundaries {
+            for hook in &mut self.hooks {
+                hook.boundary();
+            }
+        }
+    }
+
+    /// Stage `idx`'s output was accepted by its guard: the hooks record it now.
+    pub(super) fn hooks_record(&mut self, idx: u32, output: Arc<StageOutput>) {
+        for hook in &mut self.hooks {
+            hook.record(idx, output.clone());
         }
     }
 
     /// `idx` finished: each dependent selected by `release` has one dependency fewer to wait for,
     /// and becomes ready when none is left.
-    fn release_dependents(&mut self, idx: u32, release: impl Fn(u32) -> bool) {
+    pub(super) fn release_dependents(&mut self, idx: u32, release: impl Fn(u32) -> bool) {
         let Run {
             graph,
             state,
@@ -691,7 +613,9 @@ impl Run {
             self.state[idx as usize].output = Some(Arc::new(StageOutput::fail(cause.to_string())));
             self.res.failures.push((idx, cause));
             self.release_dependents(idx, |_| true);
-            self.guard_failed(idx);
+            if self.res.guards.is_some() {
+                guard::guard_failed(self, idx);
+            }
             return;
         }
         self.res.failures.push((idx, cause.clone()));
@@ -759,7 +683,7 @@ impl Run {
             .filter_map(|(i, s)| s.output.map(|o| (i as u32, o)))
             .collect();
         let results = Results {
-            graph: graph.clone(),
+            graph: graph.topo.clone(),
             entries,
         };
         let duration = shared.timer.elapsed();
@@ -806,5 +730,76 @@ impl Run {
             observability: None,
             cleanup_errors,
         })
+    }
+}
+
+/// Guard retry's view of the run (see [`guard`]).
+impl GuardHost for Run {
+    fn graph(&self) -> Arc<GraphInner> {
+        self.graph.clone()
+    }
+
+    fn guards(&mut self) -> &mut GuardRuntime {
+        self.res
+            .guards
+            .as_deref_mut()
+            .expect("guard state exists when the graph has guards")
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.is_some()
+    }
+
+    fn output(&self, idx: u32) -> Option<Arc<StageOutput>> {
+        self.state[idx as usize].output.clone()
+    }
+
+    fn set_output(&mut self, idx: u32, output: Arc<StageOutput>) {
+        self.state[idx as usize].output = Some(output);
+    }
+
+    fn accept(&mut self, idx: u32, output: Arc<StageOutput>) {
+        self.hooks_record(idx, output);
+    }
+
+    fn release_except(&mut self, producer: u32, guard: u32) {
+        self.release_dependents(producer, |j| j != guard);
+    }
+
+    fn complete(&mut self, idx: u32, finished: Finished) {
+        Run::complete(self, idx, finished);
+    }
+
+    fn record(&mut self, idx: u32, finished: Finished, held: Option<u32>) {
+        Run::record(self, idx, finished, held);
+    }
+
+    fn respawn(
+        &mut self,
+        idx: u32,
+        make: Box<dyn FnOnce() -> futures_util::future::BoxFuture<'static, StageResult> + Send>,
+    ) {
+        let fut = match self.obs.as_deref_mut() {
+            None => catch_unwind(AssertUnwindSafe(make)),
+            Some(obs) => obs.start_stage(idx, make),
+        };
+        if let Some(fut) = self.launched(idx, fut) {
+            self.res.respawn.push((idx, fut));
+        }
+    }
+
+    fn context(&self, idx: u32, inputs: InputOutputs) -> StageContext {
+        StageContext::new(self.shared.clone(), idx, inputs)
+    }
+
+    fn emit_retried(&self, idx: u32, data: Value) {
+        tracing::debug!(target: "stageflow", stage = self.graph.name(idx), %data, "guard retry");
+        if let Some(obs) = &self.shared.observe {
+            let event = obs
+                .event(crate::observe::EventKind::StageRetried)
+                .with_stage(self.graph.name(idx), self.graph.kind(idx))
+                .with_data(data);
+            obs.emit_external(event);
+        }
     }
 }

@@ -9,196 +9,35 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
-use uuid::Uuid;
 
-use super::event::{Event, EventKind, Name};
-use super::jsonl::{JsonlSink, NoteKind, StageNote};
-use super::memory::{self, MemoryReport};
-use super::progress::{Progress, ProgressObserver};
-use super::sink::EventSink;
-use super::summary::{self, SummaryOptions, UNTIMED};
-use super::watchdog::{Stall, Watchdog};
-use super::{ObservabilityReport, ObserveConfig, WideEvents};
+use super::node::Outcome;
+use super::report::{RunFailure, RunReport, RunStats, RunStatus};
 use crate::context::{RunIdentity, RunTimer};
-use crate::error::StageError;
 use crate::graph::GraphInner;
-use crate::output::{StageOutput, StageStatus};
-use crate::results::{RunFailure, RunReport, RunStats, RunStatus};
+use crate::observe::emitter::{ObsShared, FINISHED, NOT_STARTED, RUNNING};
+use crate::observe::event::{Event, EventKind, Name, Rfc3339};
+use crate::observe::note::{NoteKind, NoteSink, StageNote};
+
+use crate::observe::labels::RunLabels;
+use crate::observe::memory::{self, MemoryReport};
+use crate::observe::progress::{Progress, ProgressObserver};
+use crate::observe::sampler::{sample, Sampler, SamplerState};
+use crate::observe::summary::{self, SummaryOptions, UNTIMED};
+use crate::observe::watchdog::Watchdog;
+use crate::observe::{ObservabilityReport, ObserveConfig, WideEvents};
+use crate::output::StageStatus;
 use crate::stage::StageResult;
-
-const NOT_STARTED: u8 = 0;
-const RUNNING: u8 = 1;
-const FINISHED: u8 = 2;
-
-/// How a stage ended, as the observer sees it.
-pub(crate) enum Outcome<'a> {
-    Output(&'a StageOutput),
-    Error(&'a StageError),
-    Panic(&'a str),
-    Condition(&'a str),
-}
-
-/// What every event of a run carries, and how its events are built: shared by the observer and
-/// by the [`JsonlSink`] writer, which expands the compact stage events of the
-/// fast path with the same code.
-pub(crate) struct RunLabels {
-    pub(crate) run_id: Uuid,
-    /// Subpipeline links, copied into every event.
-    pub(crate) parent_run_id: Option<Uuid>,
-    pub(crate) root_run_id: Option<Uuid>,
-    pub(crate) pipeline: Name,
-    pub(crate) graph: Arc<GraphInner>,
-    /// Wall-clock time of the run's start: event timestamps are this plus the run's clock.
-    pub(crate) start_wall: SystemTime,
-}
-
-impl RunLabels {
-    /// A run-level event of this run, stamped `at_ns` on the run's clock (no clock read).
-    // Always inlined, like `stage_event` and `emit`: an event is 256 bytes, and each call level
-    // left out of line copies it once more on the per-stage path.
-    #[inline(always)]
-    pub(crate) fn event_at(&self, kind: EventKind, at_ns: u64) -> Event {
-        Event {
-            kind,
-            run_id: self.run_id,
-            parent_run_id: self.parent_run_id,
-            root_run_id: self.root_run_id,
-            pipeline: self.pipeline.clone(),
-            stage: None,
-            stage_kind: None,
-            timestamp: self.timestamp(at_ns),
-            duration: None,
-            status: None,
-            error: None,
-            allocated_bytes: None,
-            data: Value::Null,
-        }
-    }
-
-    /// The wall-clock time of `at_ns` on the run's clock.
-    #[inline]
-    pub(crate) fn timestamp(&self, at_ns: u64) -> SystemTime {
-        self.start_wall + Duration::from_nanos(at_ns)
-    }
-
-    /// An event of stage `idx`.
-    #[inline(always)]
-    pub(crate) fn stage_event(&self, kind: EventKind, idx: u32, at_ns: u64) -> Event {
-        let mut event = self.event_at(kind, at_ns);
-        event.stage = Some(Name::from(self.graph.name(idx)));
-        event.stage_kind = Some(self.graph.kind(idx));
-        event
-    }
-}
-
-/// Run-level observability state shared with the sampler task and with stage contexts.
-pub(crate) struct ObsShared {
-    pub(crate) labels: Arc<RunLabels>,
-    pub(crate) sink: Option<Arc<dyn EventSink>>,
-    /// Per stage: not started / running / finished.
-    states: Box<[AtomicU8]>,
-    /// Per stage: bytes allocated while polled (empty unless allocations are counted).
-    alloc_slots: Box<[AtomicU64]>,
-    alloc_counter: Option<fn() -> u64>,
-    /// The run's counts ([`RunStats`]) as last published by the executor, for progress.
-    started: AtomicU64,
-    succeeded: AtomicU64,
-    failed: AtomicU64,
-    skipped: AtomicU64,
-    /// Stages invoked / finished after being invoked, kept per stage by the observer when the
-    /// watchdog is on.
-    ran_started: AtomicU64,
-    ran_ended: AtomicU64,
-    /// Events emitted / dropped outside the executor (sampler, stage contexts).
-    extra_emitted: AtomicU64,
-    extra_dropped: AtomicU64,
-    start: Instant,
-}
-
-impl ObsShared {
-    /// Publishes the executor's counts (relaxed stores; each count only grows).
-    pub(crate) fn publish(&self, stats: &RunStats) {
-        self.started.store(stats.started as u64, Ordering::Relaxed);
-        self.succeeded
-            .store(stats.succeeded as u64, Ordering::Relaxed);
-        self.failed.store(stats.failed as u64, Ordering::Relaxed);
-        self.skipped.store(stats.skipped as u64, Ordering::Relaxed);
-    }
-
-    /// Nanoseconds from the run's start to now: the run's clock, which every event is stamped on.
-    fn now_ns(&self) -> u64 {
-        self.start.elapsed().as_nanos() as u64
-    }
-
-    /// Emits from outside the executor (a stage context, the sampler). Returns whether the sink
-    /// took it; `false` without a sink.
-    pub(crate) fn emit_external(&self, event: Event) -> bool {
-        let Some(sink) = &self.sink else { return false };
-        let ok = sink.try_emit(event);
-        let counter = if ok {
-            &self.extra_emitted
-        } else {
-            &self.extra_dropped
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        ok
-    }
-
-    /// An event of this run, stamped now on the run's clock.
-    pub(crate) fn event(&self, kind: EventKind) -> Event {
-        self.labels.event_at(kind, self.now_ns())
-    }
-
-    fn progress(&self, total: u64, elapsed: Duration, done: bool) -> Progress {
-        Progress::compute(
-            total,
-            self.started.load(Ordering::Relaxed),
-            self.succeeded.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            self.skipped.load(Ordering::Relaxed),
-            elapsed,
-            done,
-        )
-    }
-
-    fn running_stages(&self, max: usize) -> (usize, Vec<String>) {
-        let mut count = 0;
-        let mut names = Vec::new();
-        for (i, s) in self.states.iter().enumerate() {
-            if s.load(Ordering::Relaxed) == RUNNING {
-                count += 1;
-                if names.len() < max {
-                    names.push(self.labels.graph.name(i as u32).to_owned());
-                }
-            }
-        }
-        (count, names)
-    }
-}
-
-/// What the sampler task shares with the executor. The executor never waits for the task: at the
-/// end of the run it marks the state finished (under the lock the sampler publishes under, so no
-/// progress report can follow the final one), takes the results, and cancels the task.
-#[derive(Default)]
-struct SamplerState {
-    finished: bool,
-    stalls: Vec<Stall>,
-    rss_peak: Option<u64>,
-}
-
-struct Sampler {
-    stop: CancellationToken,
-    state: Arc<Mutex<SamplerState>>,
-}
 
 /// Per-run observer, owned by the executor.
 pub(crate) struct Observer {
+    /// The graph being run (its conditions decide when a start may reuse a clock reading).
+    graph: Arc<GraphInner>,
     /// Holds the sink (`shared.sink`), if any.
     shared: Arc<ObsShared>,
     /// Whether a report is attached to the result (something was configured).
@@ -227,9 +66,9 @@ pub(crate) struct Observer {
     fast: Option<FastSink>,
 }
 
-/// A run registered with a JSON Lines sink for compact stage events ([`StageNote`]).
+/// A run registered with a sink for compact stage events ([`StageNote`]).
 struct FastSink {
-    sink: JsonlSink,
+    sink: Arc<dyn NoteSink>,
     run: u64,
 }
 
@@ -305,7 +144,7 @@ impl Observer {
             parent_run_id: identity.parent_run_id,
             root_run_id: identity.root_run_id,
             pipeline: Name::from(graph.pipeline_name()),
-            graph: graph.clone(),
+            topo: graph.topo.clone(),
             start_wall: timer.started_at(),
         });
         let shared = Arc::new(ObsShared {
@@ -331,10 +170,10 @@ impl Observer {
         let fast = shared
             .sink
             .as_deref()
-            .and_then(|sink| sink.as_jsonl())
-            .map(|jsonl| FastSink {
-                run: jsonl.begin_run(shared.labels.clone()),
-                sink: jsonl.clone(),
+            .and_then(|sink| sink.note_path())
+            .map(|path| FastSink {
+                run: path.0.begin_run(shared.labels.clone()),
+                sink: path.0,
             });
         let wide = if has_sink {
             config.wide
@@ -369,6 +208,7 @@ impl Observer {
             handoff: None,
             fast,
             shared,
+            graph: graph.clone(),
         });
         obs.emit_run(EventKind::PipelineCreated, |e| {
             e.data = json!({ "stages": n });
@@ -494,13 +334,7 @@ impl Observer {
     /// [`time_passed`](Self::time_passed)), so a chain reads the clock once per stage, not twice.
     fn start_ns(&mut self, idx: u32) -> u64 {
         match self.handoff.take() {
-            Some(ns)
-                if self.shared.labels.graph.nodes[idx as usize]
-                    .condition
-                    .is_none() =>
-            {
-                ns
-            }
+            Some(ns) if self.graph.nodes[idx as usize].condition.is_none() => ns,
             _ => self.shared.now_ns(),
         }
     }
@@ -519,8 +353,8 @@ impl Observer {
                 "stageflow.stage",
                 run_id = %self.shared.labels.run_id,
                 pipeline = &*self.shared.labels.pipeline,
-                stage = self.shared.labels.graph.name(idx),
-                kind = self.shared.labels.graph.kind(idx).as_str(),
+                stage = self.shared.labels.topo.name(idx),
+                kind = self.shared.labels.topo.kind(idx).as_str(),
                 status = tracing::field::Empty,
             ),
             _ => Span::none(),
@@ -651,8 +485,8 @@ impl Observer {
                 _ => Vec::new(),
             };
             wide.data = json!({
-                "started_at": duration.map(|d| super::event::Rfc3339(event.timestamp - d).to_string()),
-                "ended_at": super::event::Rfc3339(event.timestamp).to_string(),
+                "started_at": duration.map(|d| Rfc3339(event.timestamp - d).to_string()),
+                "ended_at": Rfc3339(event.timestamp).to_string(),
                 "data_keys": data_keys,
             });
             wide.error.clone_from(&error);
@@ -673,7 +507,7 @@ impl Observer {
         stats: &RunStats,
         duration: Duration,
     ) -> (SamplerState, Option<Progress>) {
-        self.shared.publish(stats);
+        self.shared.publish(stats.counts());
         let sampler = self.sampler.take();
         let mut guard = sampler
             .as_ref()
@@ -689,7 +523,7 @@ impl Observer {
             }
             None => SamplerState::default(),
         };
-        let total = self.shared.labels.graph.len() as u64;
+        let total = self.shared.labels.topo.len() as u64;
         let final_progress = self.progress.as_ref().map(|observer| {
             let progress = self.shared.progress(total, duration, true);
             observer.publish(&progress);
@@ -752,7 +586,7 @@ impl Observer {
 
         let summary = self
             .summary
-            .map(|opts| summary::summarize(&self.shared.labels.graph, &self.durations, opts));
+            .map(|opts| summary::summarize(&self.shared.labels.topo, &self.durations, opts));
 
         // Terminal events.
         let (kind, error) = match &*result {
@@ -796,8 +630,7 @@ impl Observer {
                 if let Some(s) = &summary {
                     wide_data["summary"] = json!(s);
                 }
-                wide_data["started_at"] =
-                    json!(super::event::Rfc3339(self.shared.labels.start_wall).to_string());
+                wide_data["started_at"] = json!(Rfc3339(self.shared.labels.start_wall).to_string());
                 // Events of this run so far, plus this one.
                 wide_data["events_emitted"] = json!(self.emitted + 1);
                 wide_data["events_dropped"] = json!(self.dropped);
@@ -847,87 +680,6 @@ impl Observer {
         match result {
             Ok(r) => r.observability = Some(report),
             Err(f) => f.observability = Some(report),
-        }
-    }
-}
-
-/// The sampler task: progress, RSS peak, stall detection.
-async fn sample(
-    shared: Arc<ObsShared>,
-    interval: Duration,
-    progress: Option<ProgressObserver>,
-    watchdog: Option<Watchdog>,
-    memory: bool,
-    stop: CancellationToken,
-    state: Arc<Mutex<SamplerState>>,
-) {
-    let total = shared.labels.graph.len() as u64;
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await; // the first tick is immediate
-    let started = tokio::time::Instant::now();
-    let mut last_done = u64::MAX;
-    let mut last_change = started;
-    let mut stalled = false;
-    loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            _ = ticker.tick() => {}
-        }
-        let now = tokio::time::Instant::now();
-        let rss = if memory { memory::current_rss() } else { None };
-        let mut out = state.lock().unwrap_or_else(PoisonError::into_inner);
-        if out.finished {
-            break;
-        }
-        if let Some(observer) = &progress {
-            observer.publish(&shared.progress(total, shared.start.elapsed(), false));
-        }
-        if let Some(rss) = rss {
-            out.rss_peak = Some(out.rss_peak.map_or(rss, |p| p.max(rss)));
-        }
-        if let Some(watchdog) = &watchdog {
-            // Any stage finishing counts as movement: invoked stages that ended (kept per
-            // stage) plus skips (published by the executor; both counts only grow).
-            let ended = shared.ran_ended.load(Ordering::Relaxed);
-            let done = ended + shared.skipped.load(Ordering::Relaxed);
-            let running = shared.ran_started.load(Ordering::Relaxed) > ended;
-            if done != last_done {
-                last_done = done;
-                last_change = now;
-                stalled = false;
-            } else if !stalled && running && now - last_change >= watchdog.stall_after {
-                stalled = true;
-                let idle_for = now - last_change;
-                let (count, names) = shared.running_stages(watchdog.max_names);
-                tracing::warn!(
-                    target: "stageflow",
-                    run_id = %shared.labels.run_id,
-                    pipeline = &*shared.labels.pipeline,
-                    idle_ms = idle_for.as_millis() as u64,
-                    running = count,
-                    stages = ?names,
-                    "stageflow: pipeline stalled: no stage finished for {idle_for:?}"
-                );
-                let stall = Stall {
-                    at: shared.start.elapsed(),
-                    idle_for,
-                    running: count,
-                    stages: names,
-                };
-                if shared.sink.is_some() {
-                    let mut event = shared.event(EventKind::PipelineStalled);
-                    event.status = Some(Cow::Borrowed("stalled"));
-                    event.data = json!({
-                        "idle_ms": idle_for.as_secs_f64() * 1e3,
-                        "running": count,
-                        "stages": stall.stages,
-                    });
-                    shared.emit_external(event);
-                }
-                out.stalls.push(stall);
-            }
         }
     }
 }
